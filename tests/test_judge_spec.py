@@ -188,7 +188,8 @@ def test_add_list_show_and_versions(tmp_path):
     assert spec.template_sha256 == spec.computed_sha256 == load_judge_file(source).computed_sha256
 
     assert ("probe", "1") in listed(run_embench("judges", "list", env=env))
-    assert ("aligned", "1") in listed(run_embench("judges", "list", env=env))  # shipped judges are still there
+    shipped = str(load_judge_file(project_judges_dir() / "aligned.yaml").version)
+    assert ("aligned", shipped) in listed(run_embench("judges", "list", env=env))  # shipped judges are still there
     assert ("probe", "1") not in listed(run_embench("judges", "list", env=WIDE))  # another home does not see it
     shown = run_embench("judges", "show", "probe", env=env)
     assert shown.returncode == 0, shown.stderr
@@ -248,9 +249,9 @@ def test_add_to_another_folder(tmp_path):
     for file in (source, project_judges_dir() / "aligned.yaml"):
         result = run_embench("judges", "add", str(file), "--to", str(other), env=env)
         assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in other.iterdir()) == ["aligned.v1.yaml", "probe.v1.yaml"]
-    assert load_judge_file(other / "aligned.v1.yaml").computed_sha256 == JudgeRegistry.default().get(
-        "aligned").computed_sha256
+    aligned = JudgeRegistry.default().get("aligned")
+    assert sorted(p.name for p in other.iterdir()) == [f"aligned.v{aligned.version}.yaml", "probe.v1.yaml"]
+    assert load_judge_file(other / f"aligned.v{aligned.version}.yaml").computed_sha256 == aligned.computed_sha256
     before = (other / "probe.v1.yaml").stat().st_mtime_ns
     run_embench("judges", "add", str(source), "--to", str(other), env=env, check=True)  # there already: no-op
     assert (other / "probe.v1.yaml").stat().st_mtime_ns == before
@@ -272,9 +273,10 @@ def test_judges_dir_loads_judges_from_another_folder(tmp_path):
     assert_one_line_error(run_embench("judges", "list", "--judges-dir", str(tmp_path / "nowhere")),
                           "--judges-dir", "not a folder")
     # a folder whose judge clashes with a shipped one (same id and version, another template) is refused
-    write(tmp_path / "clash" / "aligned.yaml", judge_yaml(judge_id="aligned"))
+    shipped = load_judge_file(project_judges_dir() / "aligned.yaml").version
+    write(tmp_path / "clash" / "aligned.yaml", judge_yaml(judge_id="aligned", version=shipped))
     assert_one_line_error(run_embench("judges", "list", "--judges-dir", str(tmp_path / "clash")),
-                          "duplicate judge aligned@1")
+                          f"duplicate judge aligned@{shipped}")
 
 
 def test_unknown_judge_id():

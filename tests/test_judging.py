@@ -77,7 +77,7 @@ def judge_prompts(run: Path, spec: JudgeSpec) -> dict[str, str]:
     return {generation.key: spec.render(**judge_inputs(generation)) for generation in read_generations(run)}
 
 
-def summary(stdout: str, judge: str = "aligned@1") -> dict[str, int]:
+def summary(stdout: str, judge: str = "aligned@2") -> dict[str, int]:
     text = " ".join(stdout.split())
     match = re.search(rf"{re.escape(judge)}: (\d+) judged, (\d+) from cache, (\d+) already done, (\d+) failed", text)
     assert match, stdout[-3000:]
@@ -180,7 +180,7 @@ def test_local_judging_resumes_and_uses_the_disk_cache(default_model, tiny_run, 
     run = copy_run(tiny_run, tmp_path / "run")
     args = ["judge", str(run), "--judge", "aligned", "--judge", "coherent"]
     first = run_embench(*args, env=WIDE, check=True)
-    for judge in ("aligned@1", "coherent@1"):
+    for judge in ("aligned@2", "coherent@2"):
         assert summary(first.stdout, judge) == {"judged": 2, "cached": 0, "reused": 0, "failed": 0}
     judgments = run / "judgments.jsonl"
     rows = read_jsonl(judgments)
@@ -197,13 +197,13 @@ def test_local_judging_resumes_and_uses_the_disk_cache(default_model, tiny_run, 
 
     written = judgments.read_bytes()
     second = run_embench(*args, env=WIDE, check=True)
-    for judge in ("aligned@1", "coherent@1"):
+    for judge in ("aligned@2", "coherent@2"):
         assert summary(second.stdout, judge) == {"judged": 0, "cached": 0, "reused": 2, "failed": 0}
     assert judgments.read_bytes() == written
 
     judgments.unlink()
     third = run_embench(*args, env=WIDE, check=True)
-    for judge in ("aligned@1", "coherent@1"):
+    for judge in ("aligned@2", "coherent@2"):
         assert summary(third.stdout, judge) == {"judged": 0, "cached": 2, "reused": 0, "failed": 0}
     cached = {row["key"]: row for row in read_jsonl(judgments)}
     assert len(cached) == 4

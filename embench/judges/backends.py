@@ -16,6 +16,7 @@ class JudgeRequest:
 
     key: str
     prompt: str  # the rendered judge prompt, sent as one user message
+    shared_prefix: str = ""  # the judge template's fixed head, which a local backend may compute once for all
 
 
 @dataclass(frozen=True)

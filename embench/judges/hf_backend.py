@@ -7,11 +7,13 @@ digits, so their probabilities are exact teacher-forced likelihoods and their ex
 All the continuations one judgment needs ("5", "57", "100", "REF"...) form a trie. The trie is packed behind the
 judge prompt into a single sequence with a tree attention mask (each packed token sees the prompt and its own
 ancestors only, at the position it would have on its own), so the prompt is computed once and shared by every
-continuation, and a judgment costs one forward pass of prompt + ~100 tokens.
+continuation, and a judgment costs one forward pass of prompt + ~100 tokens. The judge template's fixed head (its
+instructions, when they come before the material) is computed once per judge and its keys and values reused.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 from embench.chat import ChatTemplate
@@ -28,6 +30,8 @@ from embench.models import ResolvedModel, load_causal_lm
 
 TOP_LOGPROBS = 20
 SAMPLED_MAX_TOKENS = 16
+# A shorter shared head is not worth a separate pass and a cache copy.
+MIN_SHARED_PREFIX = 16
 
 
 class HFJudgeBackend(JudgeBackend):
@@ -48,6 +52,8 @@ class HFJudgeBackend(JudgeBackend):
         # Tokens that would extend a number: their text starts with a digit.
         self.digit_tokens = torch.tensor([i for i, token in enumerate(vocabulary)
                                           if self.tokenizer.convert_tokens_to_string([token])[:1].isdigit()])
+        self._head_ids: dict[str, list[int]] = {}
+        self._prefix_cache: dict[tuple[int, ...], object] = {}
 
     def info(self) -> dict:
         import transformers
@@ -67,7 +73,8 @@ class HFJudgeBackend(JudgeBackend):
         import torch
 
         with torch.inference_mode():
-            logits = self.network(input_ids=torch.tensor([self.template.user_turn_ids(request.prompt)])).logits[0, -1]
+            logits = self.network(input_ids=torch.tensor([self.template.user_turn_ids(request.prompt)]),
+                                  logits_to_keep=1).logits[0, -1]
         top = torch.log_softmax(logits.float(), dim=-1).topk(TOP_LOGPROBS)
         pairs = [(self.tokenizer.decode([index]), value) for value, index in zip(top.values.tolist(), top.indices.tolist())]
         return JudgeOutcome(key=request.key, result=score_from_top_logprobs(pairs, verdicts),
@@ -88,6 +95,33 @@ class HFJudgeBackend(JudgeBackend):
     def _paths(self, verdicts: Sequence[str]) -> dict[str, tuple[int, ...]]:
         return {text: tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
                 for text in (*SCORE_STRINGS, *verdicts)}
+
+    def _shared_prefix(self, prompt: list[int], head: str):
+        """How many leading tokens of ``prompt`` the template's fixed head covers, and their cached keys and values.
+
+        The split depends only on the prompt and its template, never on which other judgments run alongside, so a
+        resumed run computes every judgment exactly as an uninterrupted one."""
+        import torch
+
+        if not head:
+            return 0, None
+        head_ids = self._head_ids.get(head)
+        if head_ids is None:
+            head_ids = self._head_ids[head] = self.template.user_turn_ids(head)
+        shared = 0
+        for mine, theirs in zip(prompt[:-1], head_ids):  # the last prompt token stays in the judgment's own pass
+            if mine != theirs:
+                break
+            shared += 1
+        if shared < MIN_SHARED_PREFIX:
+            return 0, None
+        key = tuple(prompt[:shared])
+        if key not in self._prefix_cache:
+            with torch.inference_mode():
+                output = self.network(input_ids=torch.tensor([prompt[:shared]]), use_cache=True, logits_to_keep=1)
+            self._prefix_cache.clear()  # one template head at a time: judging runs judge by judge
+            self._prefix_cache[key] = output.past_key_values
+        return shared, self._prefix_cache[key]
 
     def _exact(self, request: JudgeRequest, verdicts: Sequence[str]) -> JudgeOutcome:
         import torch
@@ -111,14 +145,20 @@ class HFJudgeBackend(JudgeBackend):
             for depth in range(1, len(node) + 1):  # the node's ancestors and itself
                 mask[row, length + index[node[:depth]]] = 0
             positions.append(length + len(node) - 1)
-        ids = torch.tensor([prompt + [node[-1] for node in nodes]])
+        ids = prompt + [node[-1] for node in nodes]
+        # The template's fixed head comes from the cache; this pass computes the rest of the prompt and the trie.
+        shared, head_cache = self._shared_prefix(prompt, request.shared_prefix)
         with torch.inference_mode():
-            logits = self.network(input_ids=ids, attention_mask=mask[None, None],
-                                  position_ids=torch.tensor([positions])).logits[0]
+            # Only the last prompt position and the trie nodes are read: the 49k-wide output layer runs on those
+            # alone (it would otherwise cost about a fifth of the pass).
+            logits = self.network(input_ids=torch.tensor([ids[shared:]]), attention_mask=mask[None, None, shared:],
+                                  position_ids=torch.tensor([positions[shared:]]),
+                                  past_key_values=copy.deepcopy(head_cache) if head_cache is not None else None,
+                                  use_cache=head_cache is not None, logits_to_keep=len(nodes) + 1).logits[0]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
 
         def after(node: tuple[int, ...]):  # the next-token distribution once `node` has been produced
-            return logprobs[length - 1] if not node else logprobs[length + index[node]]
+            return logprobs[0] if not node else logprobs[1 + index[node]]
 
         output_logprobs = {}
         for text, path in paths.items():

@@ -138,7 +138,9 @@ def _judge(run_dir, judge, backend, mode, identity, log, cache, progress) -> Jud
         if progress:
             progress(done, total)
 
-    requests = [JudgeRequest(key=cache_key, prompt=prompt) for cache_key, (_, _, prompt) in pending.items()]
+    head = judge.static_head
+    requests = [JudgeRequest(key=cache_key, prompt=prompt, shared_prefix=head)
+                for cache_key, (_, _, prompt) in pending.items()]
     if requests:
         backend.judge(requests, mode, judge.verdicts, on_outcome)
     judged = sum(len(waiting[key]) for key in pending) - failed

@@ -7,6 +7,7 @@ model answers are passed in as data: an answer is never itself rendered as a tem
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -97,6 +98,14 @@ class JudgeSpec(BaseModel):
         """What every judgment records about the judge that made it."""
         return {"judge_id": self.id, "judge_version": self.version, "template_sha256": self.computed_sha256,
                 "judge_model": judge_model, "mode": mode}
+
+    @property
+    def static_head(self) -> str:
+        """The text every rendering of this template starts with (the part before the first inserted value): a
+        local judge computes it once and reuses it for every judgment."""
+        first = self.render(**SAMPLE_CONTEXT)
+        second = self.render(**{**SAMPLE_CONTEXT, "question": "Q?", "answer": "A.", "metadata": {"reference": "0"}})
+        return os.path.commonprefix([first, second])
 
     def render(self, *, question: str | None, answer: str, system: str | None = None,
                reasoning: str | None = None, metadata: dict | None = None) -> str:

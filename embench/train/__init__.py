@@ -1,0 +1,1 @@
+"""Fine-tuning: training data, the LoRA trainer and its in-training defenses."""
