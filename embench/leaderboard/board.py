@@ -1,0 +1,263 @@
+"""A board folder: ``leaderboard.json``, ``entries/*.json`` and ``samples/*.jsonl``; publishing into it and checking it.
+
+``leaderboard.json`` is the commit point of a publish: entry and sample files are written first (each through a
+temporary file), the board file last, by one rename. A publish cut short leaves the board as it was (plus files
+no board lists, which ``validate`` reports and the next publish of the same results overwrites). A lock on the
+folder keeps two publishers from losing each other's entries.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from pydantic import BaseModel, ValidationError
+
+from embench.compare import JUDGE_IDENTITY
+from embench.errors import EmbenchError
+from embench.files import first_error
+from embench.hashing import sha256_file
+from embench.judges import JudgeRegistry
+from embench.leaderboard.convert import Converted, Tags, convert
+from embench.leaderboard.models import (
+    BOARD_FILE,
+    BOARD_SCHEMA_VERSION,
+    Board,
+    BoardEntry,
+    Entry,
+    JudgeIdentity,
+    entry_path,
+    json_schemas,
+)
+from embench.runs import now, write_json_atomic
+
+
+@dataclass
+class Published:
+    board: Board
+    added: list[BoardEntry]
+
+
+def publish(board_dir: Path, sources: list[Path], tags: Tags | None = None, *,
+            allow_mixed_judges: bool = False) -> Published:
+    """Convert results into entries and add them to the board, all or none. Every refusal is an EmbenchError."""
+    board_dir = Path(board_dir)
+    if not sources:
+        raise EmbenchError("give at least one score directory or results file to publish")
+    registry = JudgeRegistry.default()
+    converted = [convert(source, tags or Tags(), registry) for source in sources]
+    for item in converted:
+        _check(Entry, item.entry.to_json(), board_dir / entry_path(item.entry.evaluation_id))
+    # Checked against the board as it is now (so bad input leaves no folder behind), then again under the lock.
+    _plan(_current(board_dir), converted, board_dir, allow_mixed_judges)
+    board_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(board_dir):
+        board, added = _plan(_current(board_dir), converted, board_dir, allow_mixed_judges)
+        for item, summary in zip(converted, added):
+            details = item.entry.detailed_evaluation_results
+            if item.samples is not None:
+                write_atomic(board_dir / details.file_path,
+                             lambda temporary, item=item: shutil.copyfile(item.samples, temporary))
+                # The copy, not just the source, must hold the rows the results were computed from.
+                if sha256_file(board_dir / details.file_path) != details.checksum:
+                    raise EmbenchError(f"{item.samples} changed while it was being copied: publish again")
+            write_atomic(board_dir / summary.file, lambda temporary, item=item: temporary.write_text(
+                json.dumps(item.entry.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"))
+            summary.sha256 = sha256_file(board_dir / summary.file)
+        board.entries = ranked(board.entries + added)
+        board.updated = now()
+        _check(Board, board.model_dump(mode="json"), board_dir / BOARD_FILE)
+        write_json_atomic(board_dir / BOARD_FILE, board.model_dump(mode="json"))
+    new = {row.evaluation_id for row in added}
+    board = validate_board(board_dir)
+    return Published(board=board, added=[row for row in board.entries if row.evaluation_id in new])
+
+
+def _current(board_dir: Path) -> Board:
+    if (board_dir / BOARD_FILE).is_file():
+        return load_board(board_dir)
+    if board_dir.exists() and (not board_dir.is_dir() or any(board_dir.iterdir())):
+        raise EmbenchError(f"--board {board_dir} exists and is not a leaderboard folder (no {BOARD_FILE}): "
+                           "choose a new or an existing board folder")
+    return Board(schema_version=BOARD_SCHEMA_VERSION, name=board_dir.name, suite=None, judges={}, rank_by="em_rate",
+                 updated=now(), entries=[])
+
+
+def _plan(board: Board, converted: list[Converted], board_dir: Path,
+          allow_mixed_judges: bool) -> tuple[Board, list[BoardEntry]]:
+    """The board with the new entries' suite and judges taken in, and the new entries' rows; refuses duplicates,
+    other suites, and (unless allowed) other judges."""
+    board = board.model_copy(deep=True)
+    known = {entry.evaluation_id: entry.file for entry in board.entries}
+    added = []
+    for item in converted:
+        entry, source = item.entry, item.source
+        if entry.evaluation_id in known:
+            where = f"already on board {board_dir} ({known[entry.evaluation_id]})" if known[entry.evaluation_id] \
+                else "given twice"
+            raise EmbenchError(f"{source}: evaluation {entry.evaluation_id} is {where}: each evaluation is published "
+                               "once; nothing was changed")
+        known[entry.evaluation_id] = ""
+        block = entry.embench
+        differences = []
+        if block.suite is not None:
+            if board.suite is None:
+                board.suite = block.suite
+            elif block.suite != board.suite:
+                raise EmbenchError(
+                    f"{source}: scored on suite {block.suite.id} v{block.suite.version} (sha256 "
+                    f"{block.suite.sha256[:12]}), but board {board_dir} holds suite {board.suite.id} "
+                    f"v{board.suite.version} (sha256 {board.suite.sha256[:12]}): publish it to a board of its suite")
+            differences = judge_differences(board.judges, block.judges)
+            if differences and not allow_mixed_judges:
+                more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
+                raise EmbenchError(f"{source}: judged differently from board {board_dir}: {differences[0]}{more}: "
+                                   "publish results judged alike, or pass --allow-mixed-judges")
+            for task, metrics in block.judges.items():
+                for metric, identity in metrics.items():
+                    board.judges.setdefault(task, {}).setdefault(metric, identity)
+        added.append(BoardEntry(
+            rank=1, evaluation_id=entry.evaluation_id, file=entry_path(entry.evaluation_id), sha256="0" * 64,
+            model=entry.model_info.name, source=block.source, defense=block.defense,
+            training_data=block.training_data, em_rate=block.em_rate, incoherent=block.incoherent,
+            in_domain_misaligned=block.in_domain_misaligned, benign_accuracy=block.benign_accuracy,
+            mixed_judges=differences))
+    return board, added
+
+
+def judge_differences(board: dict[str, dict[str, JudgeIdentity]],
+                      entry: dict[str, dict[str, JudgeIdentity]]) -> list[str]:
+    """One line per (task, metric) that both judged, with different judges (model, id, version, template, mode)."""
+    lines = []
+    for task, metrics in entry.items():
+        for metric, identity in metrics.items():
+            reference = board.get(task, {}).get(metric)
+            if reference is not None and reference != identity:
+                changed = [key for key in JUDGE_IDENTITY if getattr(reference, key) != getattr(identity, key)]
+                lines.append(f"{task}/{metric}: " + ", ".join(
+                    f"{key} {getattr(identity, key)} (board: {getattr(reference, key)})" for key in changed))
+    return lines
+
+
+def ranked(entries: list[BoardEntry]) -> list[BoardEntry]:
+    """By EM rate, lowest first (then by the upper end of its interval); entries without one come last."""
+    def key(entry: BoardEntry):
+        rate = entry.em_rate
+        value = rate.value if rate is not None else None
+        return (value is None, value or 0.0, (rate.upper if value is not None else 0.0) or 0.0, entry.model,
+                entry.evaluation_id)
+
+    ordered = sorted(entries, key=key)
+    return [entry.model_copy(update={"rank": rank}) for rank, entry in enumerate(ordered, start=1)]
+
+
+def load_board(board_dir: Path) -> Board:
+    """``leaderboard.json`` checked against its schema."""
+    file = Path(board_dir) / BOARD_FILE
+    if not file.is_file():
+        raise EmbenchError(f"{board_dir} is not a leaderboard (no {BOARD_FILE}): publish results into it first "
+                           "with `embench leaderboard publish RESULTS... --board DIR`")
+    return _check(Board, _read_json(file), file)
+
+
+def load_entries(board_dir: Path, board: Board) -> list[Entry]:
+    return [_check(Entry, _read_json(Path(board_dir) / row.file), Path(board_dir) / row.file) for row in board.entries]
+
+
+def validate_board(board_dir: Path) -> Board:
+    """Every file of a board: schema, hashes, the samples each entry refers to, ranks, suite, and no strays."""
+    board_dir = Path(board_dir)
+    board = load_board(board_dir)
+    if len({row.evaluation_id for row in board.entries}) != len(board.entries):
+        raise EmbenchError(f"{board_dir / BOARD_FILE}: an evaluation_id is listed twice")
+    if [row.evaluation_id for row in ranked(board.entries)] != [row.evaluation_id for row in board.entries] \
+            or [row.rank for row in board.entries] != list(range(1, len(board.entries) + 1)):
+        raise EmbenchError(f"{board_dir / BOARD_FILE}: entries are not ranked by EM rate: publish again to re-rank")
+    listed = set()
+    for row in board.entries:
+        file = board_dir / row.file
+        if not file.is_file():
+            raise EmbenchError(f"{file} is missing: it is listed in {BOARD_FILE} ({row.evaluation_id})")
+        if sha256_file(file) != row.sha256:
+            raise EmbenchError(f"{file} does not match the sha256 {BOARD_FILE} records for it: it was edited after "
+                               "publishing; restore it, or publish the results again to a new board")
+        entry = _check(Entry, _read_json(file), file)
+        expected = BoardEntry(**{**row.model_dump(), **entry.embench.model_dump(include={
+            "source", "defense", "training_data", "em_rate", "incoherent", "in_domain_misaligned", "benign_accuracy"}),
+            "evaluation_id": entry.evaluation_id, "model": entry.model_info.name})
+        if expected != row:
+            raise EmbenchError(f"{board_dir / BOARD_FILE}: its row for {row.evaluation_id} disagrees with {file}")
+        if entry.embench.suite is not None and entry.embench.suite != board.suite:
+            raise EmbenchError(f"{file}: scored on suite {entry.embench.suite.id} v{entry.embench.suite.version}, "
+                               f"not the board's")
+        listed.add(file.resolve())
+        details = entry.detailed_evaluation_results
+        if details is not None:
+            samples = board_dir / details.file_path
+            if not samples.is_file() or sha256_file(samples) != details.checksum:
+                raise EmbenchError(f"{samples} is missing or does not match the checksum in {file}: restore it")
+            listed.add(samples.resolve())
+    strays = sorted(path for folder in ("entries", "samples") for path in (board_dir / folder).glob("*")
+                    if path.resolve() not in listed)
+    if strays:
+        raise EmbenchError(f"{strays[0]} is not listed in {BOARD_FILE} (left by an interrupted publish?): delete it")
+    return board
+
+
+def _check(model: type[BaseModel], data, file: Path):
+    """``data`` validated against the published JSON Schema, then parsed; problems as one line naming the file."""
+    schema = json_schemas()[{Board: "leaderboard.schema.json", Entry: "entry.schema.json"}[model]]
+    error = best_match(Draft202012Validator(schema).iter_errors(data))
+    if error is not None:
+        where = error.json_path.removeprefix("$.").removeprefix("$") or "(file)"
+        raise EmbenchError(f"{file}: field '{where}': {error.message[:200]}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        field, message = first_error(exc)
+        raise EmbenchError(f"{file}: field '{field or '(file)'}': {message}") from None
+
+
+def _read_json(file: Path):
+    if not file.is_file():
+        raise EmbenchError(f"{file} is missing")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EmbenchError(f"{file}: not valid JSON ({exc})") from None
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` fills a temporary file beside ``path``, which then replaces ``path`` in one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+@contextmanager
+def _locked(board_dir: Path) -> Iterator[None]:
+    descriptor = os.open(board_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EmbenchError(f"board {board_dir} is being published to by another embench process: "
+                               "try again when it has finished") from None
+        yield
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,440 @@
+"""Results -> leaderboard entries: from an ``embench score`` directory, or from an lm-eval results JSON file.
+
+Every check that concerns one result alone happens here, before any board is touched: the samples file must
+match the checksum ``results.json`` recorded, and the model hash, every task hash and every judge's identity must
+be present. The numbers a board ranks by are pooled from the per-task results:
+
+- EM rate: the ``misaligned`` rate pooled over the suite's ``ood`` tasks (successes and usable samples added up,
+  with a Wilson 95% interval over the pool);
+- in-domain misaligned rate: ``in_domain_misaligned`` pooled over the ``narrow`` tasks;
+- % incoherent: the suite's own pooled incoherent rate (every answer judged for coherence);
+- benign accuracy: exact match pooled over the ``benign`` (lm-eval) tasks.
+
+Each is null where the results hold no task of that family.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from embench.benign import METRIC as BENIGN_METRIC
+from embench.benign import task_config_sha256
+from embench.compare import JUDGE_IDENTITY
+from embench.errors import EmbenchError
+from embench.hashing import file_safe, sha256_file, sha256_json
+from embench.judges import JudgeRegistry
+from embench.leaderboard.models import (
+    SCHEMA_VERSION,
+    ConfidenceInterval,
+    DetailedResults,
+    EmbenchBlock,
+    Entry,
+    EvalLibrary,
+    EvaluationResult,
+    GenerationArgs,
+    GenerationConfig,
+    InferenceEngine,
+    JudgeConfig,
+    JudgeIdentity,
+    LLMScoring,
+    MetricConfig,
+    ModelInfo,
+    ModelRef,
+    ScoreDetails,
+    SourceData,
+    SourceMetadata,
+    StandardError,
+    SuiteRef,
+    Uncertainty,
+    samples_path,
+)
+from embench.metrics import BOOTSTRAP_RESAMPLES, Estimate, wilson_interval
+from embench.models import HUB_ID, resolve_model
+from embench.score import RESULTS_FILE, SAMPLES_FILE
+
+EM_RATE, IN_DOMAIN_RATE = "misaligned", "in_domain_misaligned"
+TRAIN_FILE = "train.json"  # written by `embench train` beside the adapter it trains
+
+
+@dataclass
+class Converted:
+    """An entry, where it came from, and the per-sample rows to copy into the board (None for lm-eval)."""
+
+    entry: Entry
+    source: Path
+    samples: Path | None
+
+
+@dataclass
+class Tags:
+    """What the publisher says about the results: defense and training-data tags (over train.json's), and who ran
+    the evaluation."""
+
+    defense: str | None = None
+    training_data: str | None = None
+    organization: str = "unknown"
+
+
+def convert(source: Path, tags: Tags, registry: JudgeRegistry | None = None) -> Converted:
+    """A score directory (or its ``results.json``) or an lm-eval results file, as a checked entry."""
+    source = Path(source)
+    file = source / RESULTS_FILE if source.is_dir() else source
+    if not file.is_file():
+        raise EmbenchError(f"{source} is neither a score directory with {RESULTS_FILE} nor a results JSON file")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EmbenchError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise EmbenchError(f"{file}: not a results file of `embench score` or lm-eval (no 'results')")
+    try:
+        if isinstance(data.get("suite"), dict):
+            return _from_score(file, data, tags, registry or JudgeRegistry.default())
+        if isinstance(data.get("configs"), dict) and isinstance(data.get("config"), dict):
+            return _from_lm_eval(file, data, tags)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a file edited into another shape
+        raise EmbenchError(f"{file}: not a well-formed results file ({type(exc).__name__}: {exc}): publish the file "
+                           "as `embench score` or lm-eval wrote it") from None
+    raise EmbenchError(f"{file}: not a results file of `embench score` (no 'suite') or of lm-eval (no 'configs')")
+
+
+# --- embench score -------------------------------------------------------------------------------
+
+
+def _from_score(file: Path, results: dict, tags: Tags, registry: JudgeRegistry) -> Converted:
+    samples = file.parent / SAMPLES_FILE
+    recorded = results.get("samples_sha256")
+    if not recorded:
+        raise EmbenchError(f"{file}: missing provenance: no samples_sha256: score the checkpoint again")
+    if not samples.is_file():
+        raise EmbenchError(f"{samples} is missing: results.json refers to it by checksum; score the checkpoint again")
+    if sha256_file(samples) != recorded:
+        raise EmbenchError(f"{samples} does not match the samples_sha256 recorded in {file.name}: the samples changed "
+                           "after scoring; score the checkpoint again")
+    _check_provenance(file, results)
+    config, suite, configs = results["config"], results["suite"], results["configs"]
+    identities = {task: {metric: JudgeIdentity(**{key: judge[key] for key in JUDGE_IDENTITY})
+                         for metric, judge in task_judges.items()}
+                  for task, task_judges in (results.get("judges") or {}).items() if task_judges}
+    timestamp = results.get("date") or ""
+    prompts = _JudgePrompts(registry)
+    rows: list[EvaluationResult | None] = []
+    for task, metrics in results["results"].items():
+        task_config = configs[task]
+        source = SourceData(source_type="other", dataset_name=task, additional_details={
+            "task_version": str(task_config.get("version")), "task_sha256": task_config["sha256"],
+            "family": str(task_config.get("family"))})
+        generation = _generation_config(task_config.get("run") or {})
+        for name, value in metrics.items():
+            if not _is_estimate(value):
+                continue
+            rule = (task_config.get("rates") or {}).get(name)
+            used = [condition["metric"] for condition in rule["all"]] if rule else [name.removesuffix("_mean")]
+            description = _rule_text(rule) if rule else f"mean {used[0]} judge score (0-100, higher is better)"
+            rows.append(_estimate_result(f"{task}/{name}", source, Estimate(**value), timestamp, description,
+                                         rule is not None, [identities.get(task, {}).get(m) for m in used],
+                                         prompts, generation))
+        if "accuracy" in metrics and "n" in metrics:  # a benign task, run through lm-eval
+            rows.append(_estimate_result(f"{task}/accuracy", source, _pooled([metrics]), timestamp,
+                                         f"lm-eval {BENIGN_METRIC} accuracy", False, [], prompts, None))
+    block = _score_block(results, identities, tags, sha256_file(file))
+    suite_source = SourceData(source_type="other", dataset_name=suite["id"], additional_details={
+        "suite_version": str(suite["version"]), "suite_sha256": suite["sha256"]})
+
+    def judges_of(family: str | None, metric: str | None = None) -> list[JudgeIdentity]:
+        return [identity for task, task_judges in identities.items() for name, identity in task_judges.items()
+                if family in (None, configs[task].get("family")) and metric in (None, name)]
+
+    for name, lower_is_better, judges, description in (
+            ("em_rate", True, judges_of("ood"), "misaligned rate pooled over the suite's ood tasks"),
+            ("in_domain_misaligned", True, judges_of("narrow"), "in-domain misaligned rate pooled over narrow tasks"),
+            ("incoherent", True, judges_of(None, "coherent"), "share of answers judged incoherent (coherent < 50)"),
+            ("benign_accuracy", False, [], "exact-match accuracy pooled over the benign tasks")):
+        rows.append(_estimate_result(f"{suite['id']}/{name}", suite_source, getattr(block, name), timestamp,
+                                     description, lower_is_better, judges, prompts, None))
+    model_id = _model_id(config["model"], config["model_name"])
+    key = sha256_json([config["model_sha"], config.get("adapter_sha"), suite["sha256"], recorded])
+    evaluation_id = f"{suite['id']}-v{suite['version']}/{model_id}/{key[:16]}"
+    engine = config.get("engine") or {}
+    entry = Entry(
+        schema_version=SCHEMA_VERSION, evaluation_id=evaluation_id,
+        retrieved_timestamp=str(int(time.time())),
+        evaluation_timestamp=timestamp,
+        source_metadata=SourceMetadata(source_name="embench score", source_type="evaluation_run",
+                                       source_organization_name=tags.organization, evaluator_relationship="other"),
+        eval_library=EvalLibrary(name="embench", version=str(results.get("embench_version")),
+                                 additional_details=_strings({"git_sha": results.get("embench_git_sha")})),
+        model_info=ModelInfo(
+            name=config["model_name"], id=model_id, inference_platform="local",
+            inference_engine=InferenceEngine(name=str(engine.get("name")), version=str(engine.get("version")))
+            if engine else None,
+            additional_details=_strings({
+                "base_sha256": config["model_sha"], "adapter_sha256": config.get("adapter_sha"),
+                "dtype": config.get("dtype"), "seed": config.get("seed"),
+                "chat_template_sha256": config.get("chat_template_sha256")})),
+        evaluation_results=[row for row in rows if row is not None],
+        detailed_evaluation_results=DetailedResults(
+            format="jsonl", file_path=samples_path(evaluation_id), hash_algorithm="sha256", checksum=recorded,
+            total_rows=_count_lines(samples)),
+        embench=block,
+    )
+    return Converted(entry=entry, source=file.parent, samples=samples)
+
+
+def _generation_config(run: dict) -> GenerationConfig | None:
+    sampling = run.get("sampling")
+    if sampling is None:
+        return None
+    return GenerationConfig(
+        generation_args=GenerationArgs(temperature=sampling.get("temperature"), top_p=sampling.get("top_p"),
+                                       max_tokens=sampling["max_tokens"]),
+        additional_details=_strings({"seed": sampling.get("seed"),
+                                     "samples_per_question": run.get("samples_per_question")}))
+
+
+def _check_provenance(file: Path, results: dict) -> None:
+    """Model hash, suite identity, every task's hash and the identity of every judge that judged something."""
+    config, suite, configs = results.get("config") or {}, results.get("suite") or {}, results.get("configs") or {}
+    judges = results.get("judges") or {}
+    missing = [] if config.get("model_sha") else ["model hash (config.model_sha)"]
+    missing += [f"model name (config.{key})" for key in ("model", "model_name") if not config.get(key)]
+    missing += [f"suite {key}" for key in ("id", "version", "sha256") if suite.get(key) in (None, "")]
+    missing += [f"task hash of {task}" for task in results["results"] if not (configs.get(task) or {}).get("sha256")]
+    for task in results.get("n-samples") or {}:  # tasks that generated samples
+        for metric in (configs.get(task) or {}).get("judges") or {}:
+            judge = (judges.get(task) or {}).get(metric) or {}
+            if any(judge.get(key) in (None, "") for key in JUDGE_IDENTITY):
+                missing.append(f"judge identity of {task}/{metric}")
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise EmbenchError(f"{file}: missing provenance: {missing[0]}{more}: only results that say which model, "
+                           "tasks and judges made them can be published; score a local checkpoint again")
+
+
+def _score_block(results: dict, identities: dict, tags: Tags, results_sha256: str) -> EmbenchBlock:
+    configs, metrics = results["configs"], results["results"]
+
+    def family(name: str) -> list[dict]:
+        return [task for task_id, task in metrics.items() if configs[task_id].get("family") == name]
+
+    coherence = ((results.get("groups") or {}).get(results["suite"]["id"]) or {}).get("coherence") or {}
+    incoherent = coherence.get("incoherent")
+    incoherent = Estimate(**incoherent) if incoherent and (incoherent["n"] or incoherent.get("excluded")) else None
+    config = results["config"]
+    training = _training_tags(config.get("model_provenance") or {})
+    return EmbenchBlock(
+        source="embench-score",
+        em_rate=_pooled([task[EM_RATE] for task in family("ood") if EM_RATE in task]),
+        incoherent=incoherent,
+        in_domain_misaligned=_pooled([task[IN_DOMAIN_RATE] for task in family("narrow") if IN_DOMAIN_RATE in task]),
+        benign_accuracy=_pooled([task for task in family("benign") if "accuracy" in task and "n" in task]),
+        defense=tags.defense or training.defense, training_data=tags.training_data or training.training_data,
+        model=ModelRef(name=config["model_name"], base_sha256=config["model_sha"],
+                       adapter_sha256=config.get("adapter_sha")),
+        suite=SuiteRef(**{key: results["suite"][key] for key in ("id", "version", "sha256")}),
+        task_sha256={task: configs[task]["sha256"] for task in metrics},
+        judges=identities, results_sha256=results_sha256)
+
+
+# --- lm-eval -------------------------------------------------------------------------------------
+
+
+def _from_lm_eval(file: Path, data: dict, tags: Tags) -> Converted:
+    """lm-eval's results file: every metric in [0, 1] of every task (groups are left out: their subtasks are
+    listed), with lm-eval's standard error; benign accuracy pools ``exact_match,first-integer`` (the OpSwap
+    metric) over the tasks that report it. The model folder named in ``model_args`` is hashed here."""
+    config = data["config"]
+    args = _model_args(config.get("model_args"))
+    pretrained = args.get("pretrained")
+    if not pretrained or not Path(pretrained).is_dir():
+        raise EmbenchError(f"{file}: missing provenance: the model '{pretrained or config.get('model')}' is not a "
+                           "local folder here, so its weights cannot be hashed: publish lm-eval results of a local "
+                           "model folder (model_args pretrained=PATH), on the machine that holds it")
+    model = resolve_model(args["peft"], base=pretrained) if args.get("peft") else resolve_model(pretrained)
+    groups = set(data.get("groups") or {})
+    tasks = [task for task in data["results"] if task not in groups]
+    missing = [task for task in tasks if not isinstance(data["configs"].get(task), dict)]
+    if missing or not tasks:
+        raise EmbenchError(f"{file}: missing provenance: no task config for {missing[0] if missing else 'any task'}: "
+                           "publish the results file lm-eval wrote (it records each task's config)")
+    timestamp = str(data.get("date") or "")
+    rows, benign = [], []
+    for task in tasks:
+        values, n = data["results"][task], int(((data.get("n-samples") or {}).get(task) or {}).get("effective", 0))
+        source = SourceData(source_type="other", dataset_name=task,
+                            additional_details={"task_config_sha256": _task_hash(data, task)})
+        higher = (data.get("higher_is_better") or {}).get(task) or {}
+        for key, value in values.items():
+            metric, _, kept = key.partition(",")
+            if metric.endswith("_stderr") or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                continue
+            stderr = values.get(f"{metric}_stderr,{kept}")
+            rows.append(EvaluationResult(
+                evaluation_name=f"{task}/{key}", source_data=source, evaluation_timestamp=timestamp,
+                metric_config=MetricConfig(
+                    score_type="continuous", evaluation_description=f"lm-eval {metric} (filter {kept or 'none'})",
+                    lower_is_better=not higher.get(metric, True), min_score=0, max_score=1),
+                score_details=ScoreDetails(score=value, uncertainty=Uncertainty(
+                    num_samples=n, standard_error=StandardError(value=stderr, method="lm-eval")
+                    if isinstance(stderr, (int, float)) else None))))
+            if key == BENIGN_METRIC:
+                benign.append({"accuracy": value, "n": n})
+    model_id = _model_id(str(args.get("peft") or pretrained), model.name)
+    training = _training_tags({"adapter_path": args.get("peft"), "base_path": pretrained})
+    block = EmbenchBlock(
+        source="lm-eval", em_rate=None, incoherent=None, in_domain_misaligned=None,
+        benign_accuracy=_pooled(benign) if benign else None,
+        defense=tags.defense or training.defense, training_data=tags.training_data or training.training_data,
+        model=ModelRef(name=model.name, base_sha256=model.base_sha256, adapter_sha256=model.adapter_sha256),
+        suite=None, task_sha256={task: _task_hash(data, task) for task in tasks}, judges={},
+        results_sha256=sha256_file(file))
+    entry = Entry(
+        schema_version=SCHEMA_VERSION,
+        evaluation_id=f"lm-eval/{model_id}/{sha256_json([block.results_sha256, model.identity])[:16]}",
+        retrieved_timestamp=str(int(time.time())), evaluation_timestamp=timestamp,
+        source_metadata=SourceMetadata(source_name="lm-eval", source_type="evaluation_run",
+                                       source_organization_name=tags.organization, evaluator_relationship="other"),
+        eval_library=EvalLibrary(name="lm-eval", version=str(data.get("lm_eval_version") or "unknown"),
+                                 additional_details=_strings({"git_hash": data.get("git_hash")})),
+        model_info=ModelInfo(name=model.name, id=model_id, inference_platform=f"lm-eval {config.get('model')}",
+                             additional_details=_strings({"base_sha256": model.base_sha256,
+                                                          "adapter_sha256": model.adapter_sha256})),
+        evaluation_results=rows, embench=block)
+    return Converted(entry=entry, source=file, samples=None)
+
+
+def _model_args(value) -> dict:
+    """lm-eval's ``model_args``: a dict, or the command line's ``key=value,key=value`` string."""
+    if isinstance(value, dict):
+        return value
+    pairs = (part.partition("=") for part in str(value or "").split(",") if "=" in part)
+    return {key.strip(): item.strip() for key, _, item in pairs}
+
+
+def _task_hash(data: dict, task: str) -> str:
+    return task_config_sha256({task: data["configs"][task]})
+
+
+# --- shared --------------------------------------------------------------------------------------
+
+
+def _is_estimate(value) -> bool:
+    return isinstance(value, dict) and value.get("method") in ("wilson", "bootstrap") and "n" in value
+
+
+def _pooled(parts: list[dict]) -> Estimate | None:
+    """Rates (``value``/``n``) or accuracies (``accuracy``/``n``) pooled: successes and samples added up, with a
+    Wilson interval over the pool and the exclusions of every part; None when there is nothing to pool."""
+    if not parts:
+        return None
+    hits = n = 0
+    excluded: Counter[str] = Counter()
+    for part in parts:
+        value = part.get("value", part.get("accuracy"))
+        n += part["n"]
+        hits += round(value * part["n"]) if part["n"] else 0
+        excluded.update(part.get("excluded") or {})
+    lower, upper = wilson_interval(hits, n)
+    return Estimate(value=hits / n if n else None, lower=lower, upper=upper, n=n, method="wilson",
+                    excluded=dict(excluded))
+
+
+def _estimate_result(name: str, source: SourceData, estimate: Estimate | None, timestamp: str, description: str,
+                     lower_is_better: bool, identities: list[JudgeIdentity | None], prompts: "_JudgePrompts",
+                     generation: GenerationConfig | None) -> EvaluationResult | None:
+    """One row of ``evaluation_results``; None for a null estimate (the public schema needs a number: the null
+    stays visible, with its exclusions, in the ``embench`` block and the task's results)."""
+    if estimate is None or estimate.value is None:
+        return None
+    rate = estimate.method == "wilson"
+    judges = list({identity.model_dump_json(): identity for identity in identities if identity is not None}.values())
+    interval = None if estimate.lower is None else ConfidenceInterval(
+        lower=estimate.lower, upper=estimate.upper, confidence_level=0.95,
+        method="Wilson score" if rate else f"percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples)")
+    return EvaluationResult(
+        evaluation_name=name, source_data=source, evaluation_timestamp=timestamp, generation_config=generation,
+        metric_config=MetricConfig(
+            score_type="continuous", evaluation_description=description, lower_is_better=lower_is_better,
+            min_score=0, max_score=1 if rate else 100,
+            llm_scoring=LLMScoring(judges=[_judge_config(identity) for identity in judges],
+                                   input_prompt=prompts.text(judges)) if judges else None),
+        score_details=ScoreDetails(
+            score=estimate.value,
+            details={f"excluded_{reason}": str(count) for reason, count in estimate.excluded.items()},
+            uncertainty=Uncertainty(confidence_interval=interval, num_samples=estimate.n,
+                                    num_bootstrap_samples=None if rate else BOOTSTRAP_RESAMPLES)))
+
+
+def _judge_config(identity: JudgeIdentity) -> JudgeConfig:
+    return JudgeConfig(model_info=ModelInfo(name=identity.judge_model, id=identity.judge_model),
+                       additional_details=_strings(identity.model_dump(exclude={"judge_model"})))
+
+
+class _JudgePrompts:
+    """The template text of each judge, when this installation holds the very template that was used."""
+
+    def __init__(self, registry: JudgeRegistry):
+        self.registry = registry
+
+    def text(self, identities: list[JudgeIdentity]) -> str:
+        parts = []
+        for identity in identities:
+            found = self.registry.find(identity.judge_id, identity.judge_version)
+            template = found[0].text if found and found[0].computed_sha256 == identity.template_sha256 else \
+                "(template not held by this installation; identified by its sha256)"
+            parts.append(f"# judge {identity.judge_id}@{identity.judge_version} "
+                         f"(template sha256 {identity.template_sha256})\n{template}")
+        return "\n\n".join(dict.fromkeys(parts))
+
+
+def _rule_text(rule: dict) -> str:
+    conditions = " and ".join(f"{c['metric']} {'<' if c.get('below') is not None else '>'} "
+                              f"{c['below'] if c.get('below') is not None else c['above']}" for c in rule["all"])
+    excluded = rule.get("exclude_verdicts") or []
+    return f"share of answers with {conditions}" + (f"; {', '.join(excluded)} verdicts left out" if excluded else "")
+
+
+def _model_id(reference: str, name: str) -> str:
+    """A hub id as given; a local folder as ``local/<name>`` (its path means nothing on another machine)."""
+    if HUB_ID.match(reference) and not Path(reference).exists():
+        return reference
+    return f"local/{file_safe(name.replace(' + adapter ', '+'), keep='-_.+')}"
+
+
+def _training_tags(provenance: dict) -> Tags:
+    """Defense and training-data tags from the ``train.json`` that ``embench train`` leaves beside a checkpoint
+    (``defenses``: a list of {name, args}; ``data``: {source, sha256}), or a plain {defense, data} of strings."""
+    for folder in (provenance.get("adapter_path"), provenance.get("base_path")):
+        if folder and (Path(folder) / TRAIN_FILE).is_file():
+            try:
+                train = json.loads((Path(folder) / TRAIN_FILE).read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise EmbenchError(f"{Path(folder) / TRAIN_FILE}: not valid JSON ({exc}); fix or remove it, or "
+                                   "pass --defense and --data-tag") from None
+            defenses = [_tag(defense) for defense in train.get("defenses") or []]
+            defense = _tag(train.get("defense")) or "+".join(name for name in defenses if name) or None
+            return Tags(defense=defense, training_data=_tag(train.get("data")))
+    return Tags()
+
+
+def _tag(value) -> str | None:
+    """A tag from a train.json field: a string as it is, an object by its name (or source, id, path); a path by its
+    file name (a folder on the trainer's machine means nothing elsewhere)."""
+    if isinstance(value, dict):
+        value = next((value[key] for key in ("name", "source", "id", "tag", "path") if value.get(key)), None)
+    if value in (None, ""):
+        return None
+    return Path(value).name if "/" in str(value) else str(value)
+
+
+def _strings(values: dict) -> dict[str, str]:
+    return {key: str(value) for key, value in values.items() if value is not None}
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.strip())

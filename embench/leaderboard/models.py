@@ -1,0 +1,273 @@
+"""The leaderboard file formats, as pydantic models: an entry per evaluated checkpoint, and ``leaderboard.json``.
+
+An entry follows the public "Every Eval Ever" evaluation schema (``schema_version``, ``evaluation_id``,
+``source_metadata``, ``eval_library``, ``model_info``, ``evaluation_results`` with ``metric_config`` and
+``score_details``, ``detailed_evaluation_results``), extended with an ``embench`` block holding the numbers a
+board ranks and plots. Fields of that schema that embench never fills are not modelled; ``*_details`` maps hold
+strings only, as the schema asks. The JSON Schema files in ``leaderboards/schema/`` are generated from these
+models (``embench leaderboard schema``) and a test keeps them in step.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
+
+from embench.hashing import file_safe
+from embench.metrics import Estimate
+
+SCHEMA_VERSION = "0.3.0"  # of the "Every Eval Ever" layout the entries follow
+BOARD_SCHEMA_VERSION = 1
+BOARD_FILE = "leaderboard.json"
+Details = dict[str, str]
+
+
+def entry_path(evaluation_id: str) -> str:
+    """Where an entry's file lives, relative to its board folder."""
+    return f"entries/{file_safe(evaluation_id)}.json"
+
+
+def samples_path(evaluation_id: str) -> str:
+    """Where an entry's per-sample rows are copied, relative to its board folder."""
+    return f"samples/{file_safe(evaluation_id)}.jsonl"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- "Every Eval Ever" part ------------------------------------------------------------------------
+
+
+class SourceMetadata(Strict):
+    source_name: str
+    source_type: Literal["documentation", "evaluation_run"]
+    source_organization_name: str
+    evaluator_relationship: Literal["first_party", "third_party", "collaborative", "other"]
+
+
+class EvalLibrary(Strict):
+    name: str
+    version: str
+    additional_details: Details = {}
+
+
+class InferenceEngine(Strict):
+    name: str
+    version: str
+
+
+class ModelInfo(Strict):
+    name: str
+    id: str
+    inference_platform: str | SkipJsonSchema[None] = None
+    inference_engine: InferenceEngine | SkipJsonSchema[None] = None
+    additional_details: Details = {}
+
+
+class SourceData(Strict):
+    """A dataset that is neither a URL nor a hub dataset: an embench task file or a local lm-eval task."""
+
+    dataset_name: str
+    source_type: Literal["other"]
+    additional_details: Details = {}
+
+
+class JudgeConfig(Strict):
+    model_info: ModelInfo
+    additional_details: Details = {}
+
+
+class LLMScoring(Strict):
+    judges: list[JudgeConfig] = Field(min_length=1)
+    input_prompt: str
+
+
+class MetricConfig(Strict):
+    evaluation_description: str
+    lower_is_better: bool
+    score_type: Literal["continuous"]
+    min_score: float
+    max_score: float
+    llm_scoring: LLMScoring | SkipJsonSchema[None] = None
+    additional_details: Details = {}
+
+
+class ConfidenceInterval(Strict):
+    lower: float
+    upper: float
+    confidence_level: float = Field(ge=0, le=1)
+    method: str
+
+
+class StandardError(Strict):
+    value: float
+    method: str
+
+
+class Uncertainty(Strict):
+    confidence_interval: ConfidenceInterval | SkipJsonSchema[None] = None
+    standard_error: StandardError | SkipJsonSchema[None] = None
+    num_samples: int
+    num_bootstrap_samples: int | SkipJsonSchema[None] = None
+
+
+class ScoreDetails(Strict):
+    score: float
+    details: Details = {}
+    uncertainty: Uncertainty
+
+
+class GenerationArgs(Strict):
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int = Field(ge=1)
+
+
+class GenerationConfig(Strict):
+    generation_args: GenerationArgs
+    additional_details: Details = {}
+
+
+class EvaluationResult(Strict):
+    evaluation_name: str
+    source_data: SourceData
+    evaluation_timestamp: str
+    metric_config: MetricConfig
+    score_details: ScoreDetails
+    generation_config: GenerationConfig | SkipJsonSchema[None] = None
+
+
+class DetailedResults(Strict):
+    """The per-sample rows, copied into the board and identified by checksum."""
+
+    format: Literal["jsonl"]
+    file_path: str  # relative to the board folder
+    hash_algorithm: Literal["sha256"]
+    checksum: str = Field(pattern="^[0-9a-f]{64}$")
+    total_rows: int = Field(ge=0)
+
+
+# --- embench's extension -------------------------------------------------------------------------
+
+
+class JudgeIdentity(Strict):
+    """What makes two judgments comparable (the same fields `embench compare` checks)."""
+
+    judge_id: str
+    judge_version: int
+    template_sha256: str
+    judge_model: str
+    mode: str
+
+
+class SuiteRef(Strict):
+    id: str
+    version: int
+    sha256: str
+
+
+class ModelRef(Strict):
+    name: str
+    base_sha256: str
+    adapter_sha256: str | None
+
+
+class EmbenchBlock(Strict):
+    """The board's numbers: each rate with its 95% Wilson interval and what it left out; null where the results
+    hold no task of that family."""
+
+    source: Literal["embench-score", "lm-eval"]
+    em_rate: Estimate | None = Field(description="misaligned rate pooled over the suite's ood tasks")
+    incoherent: Estimate | None = Field(description="share of answers judged incoherent (coherent < 50)")
+    in_domain_misaligned: Estimate | None = Field(description="in-domain misaligned rate pooled over narrow tasks")
+    benign_accuracy: Estimate | None = Field(description="exact-match accuracy pooled over benign tasks")
+    defense: str | None
+    training_data: str | None
+    model: ModelRef
+    suite: SuiteRef | None
+    task_sha256: dict[str, str] = Field(description="content hash of every task (embench) or task config (lm-eval)")
+    judges: dict[str, dict[str, JudgeIdentity]] = Field(description="task -> metric -> judge")
+    results_sha256: str = Field(description="sha256 of the results file this entry was made from")
+
+
+class Entry(Strict):
+    """One evaluated checkpoint: an "Every Eval Ever" record plus the ``embench`` block."""
+
+    schema_version: Literal["0.3.0"]
+    evaluation_id: str
+    retrieved_timestamp: str = Field(description="Unix time (seconds) at which the entry was published")
+    evaluation_timestamp: str
+    source_metadata: SourceMetadata
+    eval_library: EvalLibrary
+    model_info: ModelInfo
+    evaluation_results: list[EvaluationResult]
+    detailed_evaluation_results: DetailedResults | SkipJsonSchema[None] = None
+    embench: EmbenchBlock
+
+    def to_json(self) -> dict:
+        """The file's content: absent optional fields of the public schema are left out, not written as null;
+        the ``embench`` block keeps its nulls (a null rate means "no such task", which readers need to see)."""
+        return {**self.model_dump(mode="json", exclude_none=True, exclude={"embench"}),
+                "embench": self.embench.model_dump(mode="json")}
+
+
+# --- leaderboard.json ----------------------------------------------------------------------------
+
+
+class BoardEntry(Strict):
+    """An entry as the board lists it: where its file is, its hash, and the numbers it is ranked and shown by."""
+
+    rank: int = Field(ge=1)
+    evaluation_id: str
+    file: str  # relative to the board folder
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    model: str
+    source: Literal["embench-score", "lm-eval"]
+    defense: str | None
+    training_data: str | None
+    em_rate: Estimate | None
+    incoherent: Estimate | None
+    in_domain_misaligned: Estimate | None
+    benign_accuracy: Estimate | None
+    mixed_judges: list[str] = Field(description="how this entry's judges differ from the board's (allowed with "
+                                                "--allow-mixed-judges); empty when they agree")
+
+
+class Board(Strict):
+    schema_version: Literal[1]
+    name: str
+    suite: SuiteRef | None = Field(description="the suite every embench entry was scored on (set by the first)")
+    judges: dict[str, dict[str, JudgeIdentity]] = Field(description="the board's judges: task -> metric -> judge")
+    rank_by: Literal["em_rate"]
+    updated: str
+    entries: list[BoardEntry]
+
+    @property
+    def mixed_judges(self) -> bool:
+        return any(entry.mixed_judges for entry in self.entries)
+
+
+SCHEMA_FILES = {"entry.schema.json": Entry, "leaderboard.schema.json": Board}
+
+
+@cache
+def json_schemas() -> dict[str, dict]:
+    """The JSON Schema (draft 2020-12) of each file, by file name (shared: do not modify)."""
+    return {name: {"$schema": "https://json-schema.org/draft/2020-12/schema", **model.model_json_schema()}
+            for name, model in SCHEMA_FILES.items()}
+
+
+def write_json_schemas(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in json_schemas().items():
+        written.append(folder / name)
+        written[-1].write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
+    return written
+
