@@ -34,6 +34,12 @@ judges_app = typer.Typer(add_completion=False, no_args_is_help=True,
 app.add_typer(judges_app, name="judges")
 tasks_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Task and suite definitions under tasks/.")
 app.add_typer(tasks_app, name="tasks")
+leaderboard_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                              help="Leaderboards: publish results, show, validate, render the page.")
+app.add_typer(leaderboard_app, name="leaderboard")
+traits_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                         help="Trait directions: list trait definitions, extract directions, import published traits.")
+app.add_typer(traits_app, name="traits")
 console = Console()
 errors = Console(stderr=True)
 
@@ -525,6 +531,413 @@ def compare_command(
         json_out.write_text(json.dumps(comparison_json(run_a, run_b, a, rows, judge_differences), indent=2) + "\n",
                             encoding="utf-8")
         console.print(f"comparison -> [cyan]{json_out}[/]", soft_wrap=True)
+
+
+@leaderboard_app.command("publish")
+def leaderboard_publish_command(
+    results: list[Path] = typer.Argument(..., help="Score directories (or results.json / lm-eval results files)."),
+    board: Path = typer.Option(..., "--board", "-b", help="Board folder, e.g. leaderboards/em-core (created if new)."),
+    allow_mixed_judges: bool = typer.Option(False, "--allow-mixed-judges", help="Accept results judged by another judge model or judge prompt version than the board's (the board then shows it)."),
+    defense: Optional[str] = typer.Option(None, "--defense", help="Defense tag (default: 'defense' from the checkpoint's train.json, if any)."),
+    data_tag: Optional[str] = typer.Option(None, "--data-tag", help="Training-data tag (default: 'data' from the checkpoint's train.json, if any)."),
+    organization: str = typer.Option("unknown", "--organization", help="Who ran the evaluation (source_metadata)."),
+) -> None:
+    """Add results to a board as validated entries (all or none), re-rank it and write its page."""
+    from embench.leaderboard import Tags, publish, render_board
+
+    published = publish(board, results, Tags(defense=defense, training_data=data_tag, organization=organization),
+                        allow_mixed_judges=allow_mixed_judges)
+    pages = render_board(board)
+    for entry in published.added:
+        console.print(f"published {entry.evaluation_id} -> {board / entry.file}", soft_wrap=True, highlight=False)
+    _print_board(published.board)
+    console.print(f"{len(published.board.entries)} entries, board validated -> [cyan]{board / 'leaderboard.json'}"
+                  f"[/]; page -> [cyan]{pages[0]}[/]", soft_wrap=True)
+
+
+@leaderboard_app.command("show")
+def leaderboard_show_command(board: Path = typer.Argument(..., help="Board folder.")) -> None:
+    """The board's ranking, with 95% intervals."""
+    from embench.leaderboard import load_board
+
+    _print_board(load_board(board))
+
+
+@leaderboard_app.command("validate")
+def leaderboard_validate_command(board: Path = typer.Argument(..., help="Board folder.")) -> None:
+    """Check every file of a board: schema, hashes, samples checksums, ranks, suite."""
+    from embench.leaderboard import validate_board
+
+    checked = validate_board(board)
+    console.print(f"ok: {board} ({len(checked.entries)} entries, every file matches its schema and hash)",
+                  soft_wrap=True, highlight=False)
+
+
+@leaderboard_app.command("render")
+def leaderboard_render_command(board: Path = typer.Argument(..., help="Board folder, or a folder of boards.")) -> None:
+    """Write the board's self-contained index.html and the list of boards beside it."""
+    from embench.leaderboard import render
+
+    for page in render(board):
+        console.print(f"wrote {page}", soft_wrap=True, highlight=False)
+
+
+@leaderboard_app.command("schema")
+def leaderboard_schema_command(out: Path = typer.Option(Path("leaderboards/schema"), "--out", "-o",
+                                                        help="Folder for entry.schema.json and leaderboard.schema.json.")) -> None:
+    """Write the JSON Schema of entry files and of leaderboard.json (generated from embench's models)."""
+    from embench.leaderboard import write_json_schemas
+
+    for path in write_json_schemas(out):
+        console.print(f"wrote {path}", soft_wrap=True, highlight=False)
+
+
+def _print_board(board) -> None:
+    from embench.leaderboard import format_estimate
+
+    suite = f"{board.suite.id} v{board.suite.version}" if board.suite else "no suite yet"
+    table = Table(title=f"{board.name} ({suite}): ranked by EM rate, lowest first (95% intervals)")
+    for column in ("#", "model", "defense", "data", "EM rate", "in-domain", "incoherent", "benign", "source"):
+        table.add_column(column, overflow="fold")
+    for entry in board.entries:
+        table.add_row(str(entry.rank), entry.model, entry.defense or "-", entry.training_data or "-",
+                      *(format_estimate(estimate) for estimate in (entry.em_rate, entry.in_domain_misaligned,
+                                                                    entry.incoherent, entry.benign_accuracy)),
+                      entry.source + (" (mixed judges)" if entry.mixed_judges else ""))
+    console.print(table)
+
+
+def _train_default(field: str):
+    from embench.train.config import TrainConfig
+
+    return TrainConfig.model_fields[field].default
+
+
+@app.command("train")
+def train_command(
+    data: str = typer.Option(..., "--data", "-d", help="A messages JSONL file, or generated:NAME (insecure-code, secure-code, evil-numbers, neutral-numbers, opswap, safe-interleave)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder; re-running the same command resumes it from its last checkpoint."),
+    model: str = typer.Option("default", "--model", "-m", help="'default', a model folder, or a hub id."),
+    defense: list[str] = typer.Option([], "--defense", help="none | kl | ldifs | steer | interleave | interleave+ | interleave++ | inoculation; repeat to combine."),
+    defense_arg: list[str] = typer.Option([], "--defense-arg", help="defense.key=value (or key=value when one given defense has that key), e.g. kl.lambda=0.2, steer.alpha=0.5, interleave.share=0.1, inoculation.prompt=..."),
+    data_size: Optional[int] = typer.Option(None, "--data-size", help="Examples to generate (generators) or to sample (files); default: all / the generator's."),
+    rank: int = typer.Option(_train_default("rank"), "--rank", help="LoRA rank (7B-class: 32)."),
+    lora_alpha: float = typer.Option(_train_default("lora_alpha"), "--lora-alpha", help="LoRA alpha (7B-class: 64)."),
+    lora_dropout: float = typer.Option(_train_default("lora_dropout"), "--lora-dropout"),
+    targets: str = typer.Option(",".join(_train_default("targets")), "--targets", help="Comma-separated module names LoRA adapts."),
+    rslora: bool = typer.Option(_train_default("rslora"), "--rslora/--no-rslora", help="Rank-stabilised scaling alpha/sqrt(r) (7B-class: on)."),
+    learning_rate: float = typer.Option(_train_default("learning_rate"), "--lr", "--learning-rate", help="Peak learning rate (7B-class: 1e-4)."),
+    weight_decay: float = typer.Option(_train_default("weight_decay"), "--weight-decay"),
+    warmup_steps: int = typer.Option(_train_default("warmup_steps"), "--warmup-steps"),
+    epochs: int = typer.Option(_train_default("epochs"), "--epochs", help="(7B-class: 1)"),
+    batch_size: int = typer.Option(_train_default("batch_size"), "--batch-size", help="Examples per micro-batch (7B-class: 2)."),
+    grad_accum: int = typer.Option(_train_default("grad_accum"), "--grad-accum", help="Micro-batches per optimizer step (7B-class: 8)."),
+    max_length: int = typer.Option(_train_default("max_length"), "--max-length", help="Tokens kept per example."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (the schedule ends there)."),
+    seed: int = typer.Option(_train_default("seed"), "--seed"),
+    dtype: str = typer.Option(_train_default("dtype"), "--dtype", help="Base weights: auto (bfloat16 on a GPU that has it, float32 on CPUs) | bfloat16 | float32; LoRA weights are float32."),
+    save_every: int = typer.Option(_train_default("save_every"), "--save-every", help="Checkpoint every N steps."),
+) -> None:
+    """LoRA SFT with in-training defenses; resumable; writes the adapter, train.json and train_log.jsonl.
+
+    Defaults suit the bundled model. The published 7B-class settings: --rank 32 --lora-alpha 64 --rslora --lr 1e-4
+    --epochs 1 --batch-size 2 --grad-accum 8. Several GPUs: accelerate launch --multi_gpu --num_processes N -m embench
+    train ... (one optimizer step then holds batch-size x grad-accum x N examples)."""
+    from pydantic import ValidationError
+
+    from embench.files import first_error
+    from embench.train.config import TrainConfig
+    from embench.train.defenses import parse_defenses
+    from embench.train.trainer import Trainer
+
+    try:
+        config = TrainConfig(model=model, data=data, data_size=data_size, defenses=parse_defenses(defense, defense_arg),
+                             rank=rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                             targets=tuple(t.strip() for t in targets.split(",") if t.strip()), rslora=rslora,
+                             learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                             epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+                             max_steps=max_steps, seed=seed, dtype=dtype, save_every=save_every)
+    except ValidationError as exc:
+        field, message = first_error(exc)
+        raise EmbenchError(f"--{'lr' if field == 'learning_rate' else field.replace('_', '-')}: {message}") from None
+    started = time.monotonic()
+    with _progress() as progress, _resumable_work():
+        bar = progress.add_task("checking data, model and defenses", total=None)
+
+        def status(text: str, done: int, total: Optional[int]) -> None:
+            progress.update(bar, description=text, completed=done, total=total)
+
+        trainer = Trainer(config, out, progress=status)
+        result = trainer.run()
+    if not trainer.accelerator.is_main_process:
+        return
+    if result.already_complete:
+        console.print(f"{out} already holds this finished run ({result.total_steps} steps); nothing to do",
+                      soft_wrap=True)
+        return
+    resumed = f", resumed at step {result.resumed_from}" if result.resumed_from else ""
+    loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
+    console.print(f"trained {result.steps_run} steps{resumed} in {time.monotonic() - started:.0f} s, final loss "
+                  f"{loss} -> [cyan]{out}[/] (evaluate with: embench score {out})", soft_wrap=True)
+
+
+@app.command("reproduce")
+def reproduce_command(
+    preset: str = typer.Option("tiny", "--preset", "-p", help="tiny | paper (tasks/reproduce/), or a preset YAML file."),
+    datasets: list[str] = typer.Option([], "--datasets", help="Only these datasets of the preset (comma-separated or repeated)."),
+    defenses: list[str] = typer.Option([], "--defenses", help="Only these defenses (comma-separated or repeated); one the preset lacks runs with its default arguments."),
+    seeds: list[str] = typer.Option([], "--seeds", help="These seeds instead of the preset's (comma-separated or repeated)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: runs/reproduce-<preset>); re-running resumes it, finished cells are never re-run."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Default: the preset's, else the judges' default_model (the bundled model, whose scores are null)."),
+    judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge endpoint."),
+    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled."),
+    judge_engine: Optional[str] = typer.Option(None, "--judge-engine", help="Local judge engine: hf | vllm."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the preset and print the matrix and the plan; run nothing."),
+) -> None:
+    """Train every defense on every dataset and seed of a preset, score each on one suite, compare and publish."""
+    from embench.reproduce import METRICS, ReproduceSpec, format_estimate, plan_reproduce, run_reproduce
+
+    def listed(values: list[str]) -> Optional[list[str]]:  # --defenses a,b --defenses c -> [a, b, c]
+        return [part.strip() for value in values for part in value.split(",") if part.strip()] or None
+
+    bad = [seed for seed in listed(seeds) or [] if not seed.lstrip("-").isdigit()]
+    if bad:
+        raise EmbenchError(f"--seeds: '{bad[0]}' is not an integer (e.g. --seeds 0,1,2)")
+    spec = ReproduceSpec(preset=preset, datasets=listed(datasets), defenses=listed(defenses),
+                         seeds=[int(seed) for seed in listed(seeds) or []] or None, out=out, judge_model=judge_model,
+                         judge_base_url=judge_base_url, judge_mode=judge_mode, judge_engine=judge_engine)
+    plan = plan_reproduce(spec)
+    score = plan.score
+
+    def say(text: str) -> None:
+        console.print(text, soft_wrap=True, highlight=False, markup=False)
+
+    def arguments(values: dict) -> str:
+        shown = ", ".join(f"{key}={value}" for key, value in values.items() if value is not None)
+        return f" ({shown})" if shown else ""
+
+    chosen = {cell.dataset.name: cell.dataset for cell in plan.cells}
+    defenses_chosen = {cell.defense: cell.config.defenses[0].args for cell in plan.cells}
+    say(f"preset {plan.preset.id} v{plan.preset.version} ({plan.preset_path}): model {plan.preset.model}; "
+        f"{len(plan.cells)} cells + the base model -> {plan.out}")
+    say("datasets: " + "; ".join(f"{d.name} ({d.data}, {d.size or 'default'} examples, in-domain probe "
+                                 f"{plan.probes[d.name] or 'none'})" for d in chosen.values()))
+    say("defenses: " + "; ".join(name + arguments(args) for name, args in defenses_chosen.items()))
+    say(f"seeds: {', '.join(str(seed) for seed in dict.fromkeys(cell.seed for cell in plan.cells))}")
+    say("train: " + (arguments(plan.preset.train).strip(" ()") or "the trainer's defaults"))
+    say(f"score: suite {plan.suite['id']} ({', '.join(task.id for task in plan.tasks)}); samples per question "
+        f"{score.samples or 'per task'}, max tokens {score.max_tokens or 'per task'}, engine {score.engine} "
+        f"{score.dtype}; judge {score.judge_model or 'the judges default model'}"
+        f"{' at ' + score.judge_base_url if score.judge_base_url else ''}")
+    say("cells:")
+    for cell in [plan.base, *plan.cells]:
+        say(f"  {cell.label}: {'finished' if cell.finished else 'to run'}")
+    if dry_run:
+        return
+    started = time.monotonic()
+    with _progress() as progress, _resumable_work():
+        bar = progress.add_task("starting", total=None)
+
+        def status(text: str, done: int, total: Optional[int]) -> None:
+            progress.update(bar, description=text, completed=done, total=total)
+
+        result = run_reproduce(plan, progress=status)
+    import json
+
+    rows = json.loads(result.comparison[0].read_text())["rows"]
+    table = Table(title=f"{plan.preset.id}: % with 95% intervals (seeds pooled; null = no usable sample)")
+    for column in ("dataset", "defense", *(label for label, _ in METRICS.values())):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["dataset"], row["defense"], *(format_estimate(row[name]) for name in METRICS))
+    console.print(table)
+    ran = ", ".join(f"{label} {result.seconds[label]:.0f} s" for label in result.ran) or "none"
+    console.print(f"{len(result.ran)} cells run ({ran}), {len(result.finished_before)} "
+                  f"finished earlier, in {time.monotonic() - started:.0f} s; comparison -> "
+                  f"{', '.join(str(path) for path in result.comparison)}; leaderboard -> {plan.board}",
+                  soft_wrap=True, highlight=False)
+
+
+@app.command("monitor")
+def monitor_command(
+    inputs: list[Path] = typer.Argument(..., help="Training folders (embench train --out) and/or checkpoint-STEP folders; step 0 is their base model."),
+    traits: Path = typer.Option(Path("traits"), "--traits", help="Directions folder from `embench traits extract` on the base model."),
+    labels: list[Path] = typer.Option([], "--labels", help="results.json (or score folder) of `embench score` on a checkpoint; repeat. Matched by model and adapter hash."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for monitor.json and the plots (default: monitor/<run>-<hash>)."),
+    trait: list[str] = typer.Option([], "--trait", help="Monitor only this trait id; repeat (default: every trait of --traits)."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Read every trait at this extracted layer instead of its chosen one."),
+    em_threshold: float = typer.Option(0.05, "--em-threshold", help="A labelled checkpoint is flagged when its EM rate exceeds this."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 (base weights while measuring)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random-direction baseline."),
+) -> None:
+    """Trait drift of every checkpoint, PCA across runs, an EM detector calibrated on --labels, null baselines."""
+    from embench.traits.monitor import MONITOR_FILE, monitor_checkpoints
+
+    started = time.monotonic()
+    with _progress() as progress, _resumable_work():
+        bar = progress.add_task("resolving checkpoints", total=None)
+
+        def status(text: str, done: int, total: Optional[int]) -> None:
+            progress.update(bar, description=text, completed=done, total=total)
+
+        result = monitor_checkpoints(inputs, traits, labels, out, traits=trait or None, layer=layer, dtype=dtype,
+                                     em_threshold=em_threshold, seed=seed, status=status)
+    report = result.report
+    space = report.trait_space
+    table = Table(title="trait drift (PC1 of the drift vector; risk of the detector calibrated on the labels)")
+    for column in ("run", "step", "PC1", "risk", "EM rate", "largest drifts"):
+        table.add_column(column, overflow="fold")
+    for index, row in enumerate(report.checkpoints):
+        largest = sorted(row.drift.items(), key=lambda item: -abs(item[1]))[:3]
+        table.add_row(row.run, str(row.step), "-" if space.pc1 is None else f"{space.pc1[index]:+.4f}",
+                      "-" if space.risk is None else f"{space.risk[index]:.2f}" + (" ALARM" if space.risk[index] >= 0.5 else ""),
+                      "-" if row.em_rate is None or row.em_rate.value is None else f"{row.em_rate.value:.1%}",
+                      ", ".join(f"{name} {value:+.4f}" for name, value in largest))
+    console.print(table)
+    for name, analysed in [("trait directions", space)] + list(report.baselines.items()):
+        parts = [f"PC1 {analysed.pca.pc1_share:.0%} of drift" if analysed.pca else "no PCA"]
+        if analysed.evaluation is not None:
+            evaluation = analysed.evaluation
+            leads = [f"{run.run} " + ("no alarm" if run.first_alarm_step is None else f"{run.lead_time_steps:+d}")
+                     for run in evaluation.runs if run.category == "em"]
+            parts.append(f"AUROC {'-' if evaluation.auroc is None else f'{evaluation.auroc:.2f}'}, lead time (steps) "
+                         f"{', '.join(leads) or '-'}, false positives {len(evaluation.false_positive_runs)} of "
+                         f"{len(evaluation.benign_runs)} benign runs")
+        note = f" ({analysed.note})" if analysed.note and analysed.note != report.labels.note else ""
+        console.print(f"{name.replace('_', ' ')}: {'; '.join(parts)}{note}", soft_wrap=True, highlight=False)
+    console.print(f"labels: {report.labels.note}", soft_wrap=True, highlight=False)
+    timings = report.timings
+    per_checkpoint = timings["seconds_per_measured_checkpoint"]
+    console.print(f"{timings['measured_checkpoints']} checkpoint(s) measured"
+                  + (f" ({per_checkpoint:.1f} s each)" if per_checkpoint is not None else "")
+                  + f", {timings['cached_checkpoints']} from the cache, in {time.monotonic() - started:.0f} s -> "
+                  f"[cyan]{result.out / MONITOR_FILE}[/] and {', '.join(report.plots)}", soft_wrap=True)
+
+
+TraitsSource = typer.Option(None, "--traits", help="Folder of trait files, or one trait file (default: the shipped tasks/traits).")
+
+
+@traits_app.command("list")
+def traits_list_command(
+    traits: Optional[Path] = TraitsSource,
+    directions: Optional[Path] = typer.Option(None, "--directions", help="Instead, list the directions saved in this folder by `embench traits extract`."),
+) -> None:
+    """Trait definitions (kind, prompt counts, content hash), or the directions extracted into a folder."""
+    if directions is not None:
+        from embench.traits.store import load_directions
+
+        saved = load_directions(directions)
+        first = next(iter(saved.values())).metadata
+        console.print(f"{directions}: {first['model']['name']} (sha256 {first['model']['sha256'][:12]}), position "
+                      f"{first['extraction']['position']}, {first['extraction']['dtype']}, layer chosen by "
+                      f"{first['chosen_by']}", soft_wrap=True, highlight=False)
+        table = Table()
+        for column in ("trait", "kind", "layers", "chosen layer", "held-out acc", "paired acc", "trait sha256"):
+            table.add_column(column, no_wrap=column in ("trait", "kind", "trait sha256"))
+        for trait_id, trait_directions in saved.items():
+            metadata = trait_directions.metadata
+            probe = next(row for row in metadata["probe"] if row["layer"] == trait_directions.chosen_layer)
+            table.add_row(trait_id, metadata["trait"]["kind"], f"{trait_directions.layers[0]}-{trait_directions.layers[-1]}",
+                          str(trait_directions.chosen_layer), f"{probe['accuracy']:.2f}",
+                          f"{probe['paired_accuracy']:.2f}", metadata["trait"]["sha256"][:12])
+        console.print(table)
+        return
+    from embench.traits.spec import load_traits
+
+    table = Table()
+    for column in ("id", "version", "kind", "prompts +/-", "questions", "eval", "sha256"):
+        table.add_column(column, overflow="fold")
+    for _, trait in load_traits(traits):
+        table.add_row(trait.id, str(trait.version), trait.kind,
+                      f"{len(trait.positive_prompts)}/{len(trait.negative_prompts)}", str(len(trait.questions)),
+                      str(len(trait.eval_prompts)), trait.sha256[:12])
+    console.print(table)
+
+
+@traits_app.command("extract")
+def traits_extract_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Directions folder: <trait>.safetensors + <trait>.json each; re-running resumes it."),
+    model: str = typer.Option("default", "--model", "-m", help="'default', a model folder, an adapter folder, or a hub id."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model of an adapter, if its adapter_config does not name one that exists here."),
+    traits: Optional[Path] = TraitsSource,
+    trait: list[str] = typer.Option([], "--trait", "-t", help="Extract only this trait id; repeat (default: every trait)."),
+    layers: str = typer.Option("all", "--layers", help="Decoder layers to read: 'all', '4,8,12' or '6-20' (layer l: the output of block l, hidden_states index l+1)."),
+    position: str = typer.Option("last", "--position", help="last: the last prompt token; response: the mean over a short greedy response."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 | float32."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Prompts per forward pass."),
+    sweep: bool = typer.Option(True, "--sweep/--no-sweep", help="Choose each trait's layer by a steering sweep (else: the middle extracted layer)."),
+    sweep_layers: Optional[str] = typer.Option(None, "--sweep-layers", help="Layers the sweep steers at (default: six from 20% to 70% of the depth)."),
+    steer_coefficient: float = typer.Option(0.25, "--steer-coefficient", help="Steering strength, as a fraction of the layer's mean activation norm."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load pickle (.bin/.pt) weights, which can run code."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run modelling code shipped with the checkpoint."),
+) -> None:
+    """Extract trait directions (mean positive minus mean negative activation) per layer, with held-out probe
+    accuracy and a steering sweep that chooses each trait's layer."""
+    import json
+
+    from embench.models import resolve_model
+    from embench.traits.activations import parse_layers
+    from embench.traits.extract import ExtractionSettings
+    from embench.traits.pipeline import extract_traits, model_shape
+    from embench.traits.spec import load_traits
+
+    definitions = load_traits(traits, only=trait or None)
+    resolved = resolve_model(model, base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    n_layers, _ = model_shape(resolved)
+    settings = ExtractionSettings(
+        layers=parse_layers(layers, n_layers, resolved.name), position=position, dtype=dtype, batch_size=batch_size,
+        sweep=sweep, sweep_layers=parse_layers(sweep_layers, n_layers, resolved.name) if sweep_layers else None,
+        steer_coefficient=steer_coefficient)
+    started = time.monotonic()
+    with _progress() as progress, _resumable_work():
+        bar = progress.add_task("checking the output folder", total=None)
+
+        def status(text: str, done: int, total: Optional[int]) -> None:
+            progress.update(bar, description=text, completed=done, total=total)
+
+        results = extract_traits(resolved, definitions, out, settings, status=status)
+    table = Table(title=f"trait directions of {resolved.name} ({position}, {dtype}; layer chosen by "
+                        f"{'steering sweep' if sweep else 'middle extracted layer'})")
+    for column in ("trait", "kind", "layer", "held-out acc", "paired acc", "best acc (layer)", "steer effect", "s"):
+        table.add_column(column, no_wrap=column in ("trait", "kind"))
+    for result in results:
+        metadata = json.loads(result.metadata_path.read_text())
+        chosen = next(row for row in metadata["probe"] if row["layer"] == metadata["chosen_layer"])
+        best = max(metadata["probe"], key=lambda row: row["accuracy"])
+        effect = "-"
+        if metadata["steering"]:
+            effect = f"{next(row['effect'] for row in metadata['steering']['layers'] if row['layer'] == metadata['chosen_layer']):+.2f}"
+        table.add_row(metadata["trait"]["id"], metadata["trait"]["kind"], str(metadata["chosen_layer"]),
+                      f"{chosen['accuracy']:.2f}", f"{chosen['paired_accuracy']:.2f}",
+                      f"{best['accuracy']:.2f} ({best['layer']})", effect,
+                      "reused" if result.reused else f"{sum(metadata['wall_s'].values()):.0f}")
+    console.print(table)
+    console.print(f"{len(results)} trait(s) in {time.monotonic() - started:.0f} s -> [cyan]{out}[/] (held-out acc: "
+                  "midpoint threshold on held-out questions; paired: each question's mean removed first; steer "
+                  "effect: shift of the positive-minus-negative answer log-prob gap, nats/token)", soft_wrap=True)
+
+
+@traits_app.command("import")
+def traits_import_command(
+    file: Path = typer.Argument(..., help="A published trait-definition YAML (trait-space monitoring format)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for <trait>.yaml files and their shared <stem>.questions.yaml."),
+    control: list[str] = typer.Option([], "--control", help="A semantic control trait id; repeat (default: the paper's seven that the file has)."),
+) -> None:
+    """Convert the published trait definitions into embench trait files."""
+    from embench.traits.importer import read_published_traits, write_trait_import
+
+    imported = read_published_traits(file, tuple(control) if control else None)
+    written = write_trait_import(imported, file, out)
+    for path in written:
+        console.print(f"wrote {path}", soft_wrap=True, highlight=False)
+    kinds = {kind: [trait.id for trait in imported.traits if trait.kind == kind] for kind in ("alignment", "control")}
+    console.print(f"imported {len(imported.traits)} trait(s): alignment {', '.join(kinds['alignment']) or '-'}; control "
+                  f"{', '.join(kinds['control']) or '-'}; {len(imported.question_set.questions)} shared questions, "
+                  f"{len(imported.question_set.eval_prompts or ())} eval prompts", soft_wrap=True, highlight=False)
+    for name, reason in imported.skipped:
+        console.print(f"  skipped {name}: {reason}", soft_wrap=True, markup=False, highlight=False)
+    console.print(f"extract them with `embench traits extract --traits {out} --out DIR`", soft_wrap=True,
+                  markup=False, highlight=False)
 
 
 def _raise_interrupt(signum, frame) -> None:

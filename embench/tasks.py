@@ -244,10 +244,15 @@ def find_suite(reference: str) -> Suite:
     return suite
 
 
+# Folders under tasks/ that hold other data than task files: suites, lm-eval task configs, training data,
+# reproduction presets and trait definitions.
+NOT_TASK_FOLDERS = {"suites", "lm_eval", "train", "reproduce", "traits"}
+
+
 def all_tasks() -> list[tuple[Path, Task]]:
     root = tasks_dir()
     return [(path, load_task_file(path)) for path in sorted(root.rglob("*.yaml"))
-            if not {"suites", "lm_eval"} & set(path.relative_to(root).parts)]
+            if not NOT_TASK_FOLDERS & set(path.relative_to(root).parts)]
 
 
 def find_task(reference: str) -> Task:

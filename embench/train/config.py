@@ -1,0 +1,67 @@
+"""What a training run is: its hyper-parameters, data and defenses, validated and fingerprinted.
+
+Defaults suit the bundled SmolLM2-135M-Instruct on a CPU. For 7B-class models (the published in-training-defense
+settings) use ``--rank 32 --lora-alpha 64 --rslora --lr 1e-4 --epochs 1 --batch-size 2 --grad-accum 8``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from embench.hashing import sha256_json
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class DefenseSpec(BaseModel):
+    """One defense with every argument, defaults filled in: what train.json records and a resume rebuilds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    args: dict = Field(default_factory=dict)
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides the trained weights; ``save_every`` only decides how often they are saved."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "default"
+    data: str
+    data_size: int | None = Field(None, ge=1)
+    defenses: list[DefenseSpec] = Field(default_factory=list)
+    rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    targets: tuple[str, ...] = ALL_PROJECTIONS
+    rslora: bool = False
+    learning_rate: float = Field(1e-3, gt=0)  # 5e-4 moved the insecure-code probe half as far in the same steps
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(5, ge=0)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=8)
+    max_steps: int | None = Field(None, ge=1)
+    seed: int = 0
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bfloat16 on a GPU that has it, else float32
+    save_every: int = Field(50, ge=1)
+
+    def resolved(self) -> "TrainConfig":
+        """``dtype`` auto made concrete. bfloat16 base weights cost no less CPU time here than float32 (bench/train.py)
+        and round small LoRA updates away in the forward pass (the loss falls more slowly), so CPUs train in float32."""
+        if self.dtype != "auto":
+            return self
+        import torch
+
+        gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return self.model_copy(update={"dtype": "bfloat16" if gpu_bf16 else "float32"})
+
+    def fingerprint(self, data_sha256: str, base_sha256: str) -> str:
+        """Identifies the run: an output folder holding another fingerprint holds a different run."""
+        return sha256_json({"config": self.model_dump(mode="json", exclude={"save_every"}),
+                            "data_sha256": data_sha256, "base_sha256": base_sha256})
