@@ -1,8 +1,8 @@
 """Seconds per optimizer step and peak RSS of `embench train` per defense, against plain SFT, in one run.
 
 The bundled model trains 64 insecure-code examples (batch 8, seed 0) once per configuration. Timing: every
-configuration is set up in this one process and they take their steps in turn (step 1 of each, then step 2 of each,
-...), so that a change in the machine's load hits all of them alike; the ratio of a configuration is the median over
+configuration is set up in this one process and they take their steps in turn (step 1 of each, then step 2 of each
+in reverse order, ...), so that a change in the machine's load hits all of them alike; the ratio of a configuration is the median over
 steps of its step time divided by plain SFT's in the same round, the first round (one-time allocations) left out.
 Memory: each configuration again in a child process of its own, set up and trained for two steps, so that each
 peak RSS is its own. kl, ldifs and steer see exactly plain SFT's batches; interleave adds 5% safe examples and
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -61,7 +60,10 @@ def peak_rss_worker(name: str, work: Path) -> dict:
     trainer = trainer_for(name, 2, work)
     for step in range(2):
         trainer.train_step(step)
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    # VmHWM belongs to this process's own memory map; getrusage's maxrss would carry over the parent's peak.
+    peak_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmHWM:"))
+    return {"peak_rss_mb": peak_kb / 1024}
 
 
 def main() -> None:
@@ -87,9 +89,9 @@ def main() -> None:
     trainers = {name: trainer_for(name, args.steps, work) for name in names}
     records: dict[str, list[dict]] = {name: [] for name in names}
     started = time.perf_counter()
-    for step in range(args.steps):
-        for name, trainer in trainers.items():
-            records[name].append(trainer.train_step(step))
+    for step in range(args.steps):  # every other round in reverse order, so that a drifting load evens out
+        for name in names if step % 2 == 0 else reversed(names):
+            records[name].append(trainers[name].train_step(step))
     timing_s = time.perf_counter() - started
     del trainers
     rows = {}

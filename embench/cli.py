@@ -752,8 +752,8 @@ def reproduce_command(
         table.add_row(row["dataset"], row["defense"], *(format_estimate(row[name]) for name in METRICS))
     console.print(table)
     ran = ", ".join(f"{label} {result.seconds[label]:.0f} s" for label in result.ran) or "none"
-    console.print(f"{len(result.ran)} cells run ({ran}), {len(result.finished_before)} "
-                  f"finished earlier, in {time.monotonic() - started:.0f} s; comparison -> "
+    console.print(f"ran {len(result.ran)} cell(s) ({ran}); {len(result.finished_before)} finished earlier; in "
+                  f"{time.monotonic() - started:.0f} s; comparison -> "
                   f"{', '.join(str(path) for path in result.comparison)}; leaderboard -> {plan.board}",
                   soft_wrap=True, highlight=False)
 

@@ -421,7 +421,7 @@ def _write_record(plan: ReproducePlan) -> None:
 def _run_cell(plan: ReproducePlan, cell: Cell, say: Status) -> None:
     """Train (the trainer resumes or finds its run complete), score (resumes), publish, then write the marker."""
     from embench.leaderboard import Tags
-    from embench.train.trainer import train
+    from embench.train.trainer import TRAIN_FILE, train
 
     record: dict[str, Any] = {"cell": cell.label, "dataset": cell.dataset.name if cell.dataset else None,
                               "defense": cell.defense, "seed": cell.seed, "started": now()}
@@ -429,7 +429,7 @@ def _run_cell(plan: ReproducePlan, cell: Cell, say: Status) -> None:
         started = time.perf_counter()
         trained = train(cell.config, cell.adapter,
                         progress=lambda text, done, total: say(f"{cell.label}: {text}", done, total))
-        train_record = json.loads((cell.adapter / "train.json").read_text(encoding="utf-8"))
+        train_record = json.loads((cell.adapter / TRAIN_FILE).read_text(encoding="utf-8"))
         record["train"] = {"out": cell.adapter.relative_to(plan.out).as_posix(), "steps": trained.total_steps,
                            "final_loss": trained.final_loss, "fingerprint": train_record["fingerprint"],
                            "data_sha256": train_record["data"]["sha256"], "seconds": time.perf_counter() - started}
@@ -510,8 +510,14 @@ def _pool(parts: list[dict]) -> dict | None:
 
 def comparison_rows(plan: ReproducePlan) -> tuple[list[dict], list[dict]]:
     """(rows per dataset and defense, seeds pooled, the base model first; one row per finished cell)."""
+    from embench.score import RESULTS_FILE
+
     def results_of(cell: Cell) -> dict:
-        return json.loads((cell.score_dir / "results.json").read_text(encoding="utf-8"))
+        path = cell.score_dir / RESULTS_FILE
+        if not path.is_file():
+            raise EmbenchError(f"{cell.marker} says {cell.label} is finished, but {path} is missing: delete "
+                               f"{cell.marker} to run the cell again")
+        return json.loads(path.read_text(encoding="utf-8"))
 
     cells = _finished_cells(plan)
     base = results_of(plan.base) if plan.base.finished else None

@@ -156,7 +156,7 @@ def reproduction(tmp_path_factory) -> dict:
 
 def test_every_cell_is_trained_scored_and_marked(reproduction):
     out = reproduction["out"]
-    assert "3 cells run" in reproduction["first"].stdout, reproduction["first"].stdout[-2000:]
+    assert "ran 3 cell(s)" in reproduction["first"].stdout, reproduction["first"].stdout[-2000:]
     for label in CELLS:
         folder = cell_folder(out, label)
         marker = json.loads((folder / "cell.json").read_text())
@@ -228,7 +228,7 @@ def test_every_cell_is_on_a_valid_leaderboard(reproduction):
 
 def test_a_second_run_re_runs_nothing(reproduction):
     second = reproduction["second"].stdout
-    assert "0 cells run (none), 3 finished earlier" in second, second[-2000:]
+    assert "ran 0 cell(s) (none); 3 finished earlier" in second, second[-2000:]
     assert reproduction["after"] == reproduction["before"], "no cell, score or board file was touched"
 
 
@@ -245,7 +245,8 @@ def test_a_cell_stopped_before_its_marker_resumes_without_redoing_work(reproduct
         result = reproduce(reproduction["preset"], out, server)
         requests = sum(server.stats.requests.values())
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"1 cells run ({CELLS[2]}), 2 finished earlier" in result.stdout, result.stdout[-2000:]
+    assert f"ran 1 cell(s) ({CELLS[2]} " in result.stdout and "; 2 finished earlier" in result.stdout, \
+        result.stdout[-2000:]
     assert requests == 0, "every judgment was already made"
     after = snapshot(out)
     changed = {name for name in before if before[name] != after.get(name)}
