@@ -144,7 +144,7 @@ def test_steering_hook_adds_its_vector_to_the_block_output_and_is_removed(networ
 
 
 @pytest.fixture(scope="module")
-def extracted(tmp_path_factory, default_model) -> tuple[Path, float]:
+def extracted(tmp_path_factory, default_model) -> Path:
     out = tmp_path_factory.mktemp("directions") / "smollm2"
     args = ["traits", "extract", "--model", "default", "--layers", f"{LAYERS[0]}-{LAYERS[-1]}", "--sweep-layers",
             ",".join(map(str, SWEEP_LAYERS)), "--out", str(out)]
@@ -155,11 +155,11 @@ def extracted(tmp_path_factory, default_model) -> tuple[Path, float]:
     elapsed = time.monotonic() - started
     print(result.stdout)
     print(f"extracted {len(ALIGNMENT + CONTROL)} traits (layers {LAYERS[0]}-{LAYERS[-1]}) in {elapsed:.0f} s")
-    return out, elapsed
+    return out
 
 
 def test_directions_separate_positive_from_negative_on_held_out_questions(extracted):
-    out, _ = extracted
+    out = extracted
     report = {}
     for trait in ALIGNMENT + CONTROL:
         metadata = json.loads((out / f"{trait}.json").read_text())
@@ -183,7 +183,7 @@ def test_directions_separate_positive_from_negative_on_held_out_questions(extrac
 
 
 def test_steering_sweep_is_saved_and_chooses_the_layer_with_the_largest_effect(extracted):
-    out, _ = extracted
+    out = extracted
     for trait in ALIGNMENT + CONTROL:
         metadata = json.loads((out / f"{trait}.json").read_text())
         sweep = metadata["steering"]
@@ -209,7 +209,7 @@ def test_directions_are_saved_and_loaded_with_their_metadata(extracted, default_
     import embench
     from embench.traits.store import load_directions
 
-    out, _ = extracted
+    out = extracted
     loaded = load_directions(out, default_model)
     assert sorted(loaded) == sorted(ALIGNMENT + CONTROL)
     for trait_id, saved in loaded.items():
@@ -238,15 +238,13 @@ def test_directions_are_saved_and_loaded_with_their_metadata(extracted, default_
 
 
 def test_extract_again_reuses_every_trait_without_rewriting(extracted):
-    out, first_elapsed = extracted
+    out = extracted
     before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
-    started = time.monotonic()
     result = run_embench("traits", "extract", "--layers", f"{LAYERS[0]}-{LAYERS[-1]}", "--sweep-layers",
                          ",".join(map(str, SWEEP_LAYERS)), "--trait", "honesty", "--trait", "verbosity",
                          "--out", str(out), check=True)
     assert result.stdout.count("reused") == 2
     assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
-    assert time.monotonic() - started < first_elapsed / 3
     listed = run_embench("traits", "list", "--directions", str(out), check=True).stdout
     assert all(trait in listed for trait in ALIGNMENT + CONTROL)
 
@@ -255,7 +253,7 @@ def test_directions_of_another_model_are_refused(extracted, default_model, lora_
     from embench.models import resolve_model
     from embench.traits.store import load_directions
 
-    out, _ = extracted
+    out = extracted
     adapted = resolve_model(str(lora_adapter))
     with pytest.raises(EmbenchError, match="was extracted from SmolLM2-135M-Instruct") as raised:
         load_directions(out, adapted)
@@ -276,7 +274,7 @@ def test_tampered_tensors_are_refused(extracted, tmp_path):
 
     from embench.traits.store import load_directions
 
-    out, _ = extracted
+    out = extracted
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     data = bytearray((copy / "honesty.safetensors").read_bytes())
@@ -339,9 +337,8 @@ def test_persona_vector_is_extracted_once_and_then_read_from_the_cache(default_m
 
     from embench.traits import persona_vector
 
-    started = time.monotonic()
+    # The training tests may already have extracted it in this session; either way it is extracted once per model.
     vector, layer = persona_vector(default_model)
-    first = time.monotonic() - started
     assert vector.shape == (576,) and torch.linalg.vector_norm(vector).item() == pytest.approx(1.0, abs=1e-5)
     model_folder = embench_home / "traits" / sha256_json(default_model.identity)[:16]
     (folder,) = [path for path in model_folder.iterdir() if path.is_dir()]
@@ -352,15 +349,11 @@ def test_persona_vector_is_extracted_once_and_then_read_from_the_cache(default_m
     assert max(row["effect"] for row in metadata["steering"]["layers"]) > 0
     before = (folder / "evil.safetensors").stat().st_mtime_ns
 
-    started = time.monotonic()
     again, again_layer = persona_vector(default_model, "evil")
-    second = time.monotonic() - started
     middle, middle_layer = persona_vector(default_model, "evil", layer=3)
-    print(f"persona vector: first call {first:.1f} s (extraction), second {second:.2f} s (cache); layer {layer}")
     assert again.equal(vector) and again_layer == layer
     assert middle_layer == 3 and not middle.equal(vector)
-    assert (folder / "evil.safetensors").stat().st_mtime_ns == before
-    assert second < 5.0 and second < first / 5
+    assert (folder / "evil.safetensors").stat().st_mtime_ns == before  # read back, never re-extracted
     with pytest.raises(EmbenchError, match="layer 30 is outside the model"):
         persona_vector(default_model, "evil", layer=30)
     with pytest.raises(EmbenchError, match="unknown trait"):
