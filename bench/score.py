@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--suite", default="em-core")
     parser.add_argument("--samples", type=int, default=None, help="samples per question (default: the suite's)")
     parser.add_argument("--checkpoint", default="default")
+    parser.add_argument("--kv-cache-gib", type=float, default=None, help="vLLM KV cache (default: embench score's)")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,6 +35,8 @@ def main() -> None:
     resolve_model(args.checkpoint)  # the one-time preparation is not part of what is measured
     work = Path(tempfile.mkdtemp(prefix="embench-bench-score-"))
     spec = ScoreSpec(checkpoint=args.checkpoint, suite=args.suite, samples=args.samples, out=work / "score")
+    if args.kv_cache_gib is not None:
+        spec.options = spec.options.model_copy(update={"kv_cache_gib": args.kv_cache_gib})
     started = time.perf_counter()
     prepared = prepare_score(spec)
     # A private judgment cache (after the model is resolved from the real cache): every judgment is computed.

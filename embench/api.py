@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from embench.engines import EngineOptions, check_engine
+from embench.engines.base import KV_CACHE_GIB
 from embench.errors import EmbenchError
 from embench.generate import GenerateResult, ProgressCallback, generate
 from embench.models import RemoteModel, ResolvedModel, resolve_model
@@ -51,7 +52,7 @@ class GenerateSpec:
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 8
-    kv_cache_gib: float = 0.5
+    kv_cache_gib: float = KV_CACHE_GIB
     max_model_len: int = 2048
     dtype: str | None = None
     allow_pickle: bool = False

@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from embench.engines.base import EngineOptions
+from embench.engines.base import KV_CACHE_GIB, EngineOptions
 from embench.errors import EmbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -82,7 +82,7 @@ def generate_command(
     base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (openai engine)."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."),
     concurrency: int = typer.Option(8, "--concurrency", help="Requests in flight at once (openai engines)."),
-    kv_cache_gib: float = typer.Option(0.5, "--kv-cache-gib", help="vLLM KV cache on CPU, in GiB."),
+    kv_cache_gib: float = typer.Option(KV_CACHE_GIB, "--kv-cache-gib", help="vLLM KV cache on CPU, in GiB."),
     max_model_len: int = typer.Option(2048, "--max-model-len"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Default: bfloat16 for vLLM, float32 for hf."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load pickle (.bin/.pt) weights, which can run code."),
@@ -352,7 +352,7 @@ def score_command(
     judge_engine: Optional[str] = typer.Option(None, "--judge-engine", help="Local judge engine: hf | vllm."),
     judges_dir: Optional[Path] = JudgesDir,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Score directory (default: runs/score-<suite>-<model>-<hash>); re-running resumes it."),
-    kv_cache_gib: float = typer.Option(0.5, "--kv-cache-gib"),
+    kv_cache_gib: float = typer.Option(KV_CACHE_GIB, "--kv-cache-gib", help="vLLM KV cache on CPU, in GiB."),
     dtype: str = typer.Option("float32", "--dtype", help="Generation dtype. float32 makes a resumed run identical to an uninterrupted one; bfloat16 is faster (and usual on GPUs) but batch-dependent."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
@@ -637,6 +637,9 @@ def train_command(
     seed: int = typer.Option(_train_default("seed"), "--seed"),
     dtype: str = typer.Option(_train_default("dtype"), "--dtype", help="Base weights: auto (bfloat16 on a GPU that has it, float32 on CPUs) | bfloat16 | float32; LoRA weights are float32."),
     save_every: int = typer.Option(_train_default("save_every"), "--save-every", help="Checkpoint every N steps."),
+    monitor_every: Optional[int] = typer.Option(None, "--monitor-every", help="Log the trait drift every K steps (and at the last) into train_log.jsonl."),
+    monitor_traits: Path = typer.Option(Path("traits"), "--monitor-traits", help="Directions folder from `embench traits extract` on the base model (with --monitor-every)."),
+    monitor_detector: Optional[Path] = typer.Option(None, "--monitor-detector", help="monitor.json (or its folder) of an `embench monitor --labels` run: warn when its EM risk crosses the alarm."),
 ) -> None:
     """LoRA SFT with in-training defenses; resumable; writes the adapter, train.json and train_log.jsonl.
 
@@ -646,7 +649,7 @@ def train_command(
     from pydantic import ValidationError
 
     from embench.files import first_error
-    from embench.train.config import TrainConfig
+    from embench.train.config import MonitorSettings, TrainConfig
     from embench.train.defenses import parse_defenses
     from embench.train.trainer import Trainer
 
@@ -660,6 +663,16 @@ def train_command(
     except ValidationError as exc:
         field, message = first_error(exc)
         raise EmbenchError(f"--{'lr' if field == 'learning_rate' else field.replace('_', '-')}: {message}") from None
+    monitor = None
+    if monitor_every is not None:
+        if monitor_every < 1:
+            raise EmbenchError(f"--monitor-every: must be at least 1, got {monitor_every}")
+        if not monitor_traits.is_dir():
+            raise EmbenchError(f"--monitor-traits {monitor_traits} is not a folder: extract the directions first "
+                               f"(embench traits extract --model {model} --out {monitor_traits})")
+        monitor = MonitorSettings(every=monitor_every, traits=monitor_traits, detector=monitor_detector)
+    elif monitor_detector is not None:
+        raise EmbenchError("--monitor-detector needs --monitor-every K")
     started = time.monotonic()
     with _progress() as progress, _resumable_work():
         bar = progress.add_task("checking data, model and defenses", total=None)
@@ -667,7 +680,10 @@ def train_command(
         def status(text: str, done: int, total: Optional[int]) -> None:
             progress.update(bar, description=text, completed=done, total=total)
 
-        trainer = Trainer(config, out, progress=status)
+        def warn(text: str) -> None:
+            progress.console.print(f"[bold red]ALARM[/] {text}", soft_wrap=True, highlight=False)
+
+        trainer = Trainer(config, out, progress=status, monitor=monitor, warn=warn)
         result = trainer.run()
     if not trainer.accelerator.is_main_process:
         return
@@ -679,6 +695,15 @@ def train_command(
     loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
     console.print(f"trained {result.steps_run} steps{resumed} in {time.monotonic() - started:.0f} s, final loss "
                   f"{loss} -> [cyan]{out}[/] (evaluate with: embench score {out})", soft_wrap=True)
+    if monitor is not None:
+        from embench.train.trainer import LOG_FILE, read_train_log
+
+        measured = [record for record in read_train_log(out) if "trait_drift" in record]
+        alarms = [record["step"] for record in measured if record.get("alarm")]
+        verdict = ("" if monitor_detector is None else
+                   f"; detector alarm at steps {', '.join(map(str, alarms))}" if alarms else "; no detector alarm")
+        console.print(f"trait drift logged at {len(measured)} steps in {out / LOG_FILE}{verdict}", soft_wrap=True,
+                      highlight=False)
 
 
 @app.command("reproduce")

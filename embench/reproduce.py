@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import embench
+from embench.engines.base import KV_CACHE_GIB
 from embench.errors import EmbenchError
 from embench.files import first_error, read_yaml
 from embench.hashing import file_safe, sha256_file, sha256_json
@@ -102,7 +103,7 @@ class ScoreSettings(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     engine: Literal["vllm", "vllm-server", "hf"] = "vllm"
     dtype: Literal["float32", "bfloat16"] = "float32"
-    kv_cache_gib: float = Field(0.5, gt=0)
+    kv_cache_gib: float = Field(KV_CACHE_GIB, gt=0)
     judge_model: str | None = None
     judge_base_url: str | None = None
     judge_mode: str | None = None

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import embench
+from embench.hashing import sha256_file
 from embench.models import load_causal_lm, resolve_model
 from embench.train.config import TrainConfig
 from embench.train.trainer import train
@@ -24,7 +25,7 @@ from embench.traits.extract import ExtractionSettings
 from embench.traits.monitor import load_risk_model, load_trait_set, read_layers, trait_drift
 from embench.traits.pipeline import extract_traits
 from embench.traits.spec import load_traits
-from tests.conftest import assert_one_line_error, run_embench
+from tests.conftest import assert_one_line_error, read_jsonl, run_embench
 
 TRAITS = ["honesty", "verbosity"]  # alignment, control
 LAYERS = (4, 8)  # without a steering sweep the middle extracted layer is chosen: 8
@@ -168,21 +169,28 @@ def results_file(folder: Path, model_sha: str, adapter_sha: str | None, ood: lis
     return folder
 
 
-def test_detector_calibrated_on_labels(monitored, run, trait_folder, default_model, tmp_path):
-    _, plain = monitored
+@pytest.fixture(scope="module")
+def labelled(run, trait_folder, default_model, tmp_path_factory) -> tuple[Path, dict]:
+    """`embench monitor` of the run with EM labels: no EM at steps 0 and 2, 15% at step 4."""
+    folder = tmp_path_factory.mktemp("labels")
     base = default_model.base_sha256
     labels = [
-        results_file(tmp_path / "step0", base, None, [(0, 10), (0, 10)]),
-        results_file(tmp_path / "step2", base, resolve_model(str(run / "checkpoint-2")).adapter_sha256,
+        results_file(folder / "step0", base, None, [(0, 10), (0, 10)]),
+        results_file(folder / "step2", base, resolve_model(str(run / "checkpoint-2")).adapter_sha256,
                      [(0, 10), (0, 10)]),
-        results_file(tmp_path / "step4", base, resolve_model(str(run)).adapter_sha256, [(2, 10), (1, 10)]),
-        results_file(tmp_path / "elsewhere", base, "f" * 64, [(5, 10)]),
+        results_file(folder / "step4", base, resolve_model(str(run)).adapter_sha256, [(2, 10), (1, 10)]),
+        results_file(folder / "elsewhere", base, "f" * 64, [(5, 10)]),
     ]
-    out = tmp_path / "labelled"
+    out = folder / "labelled"
     result = run_embench("monitor", str(run), "--traits", str(trait_folder), "--out", str(out),
                          *[argument for label in labels for argument in ("--labels", str(label))])
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "monitor.json").read_text())
+    return out, json.loads((out / "monitor.json").read_text())
+
+
+def test_detector_calibrated_on_labels(labelled, monitored):
+    _, plain = monitored
+    out, report = labelled
     assert report["labels"]["status"] == "ok" and report["labels"]["usable_checkpoints"] == 3
     assert [file["matched"] for file in report["labels"]["files"]] == [["insecure@0"], ["insecure@2"],
                                                                        ["insecure@4"], []]
@@ -226,6 +234,83 @@ def test_null_labels_report_drift_and_pca_only(run, trait_folder, default_model,
     for space in [report["trait_space"], *report["baselines"].values()]:
         assert space["pca"] is not None and space["detector"] is None and space["evaluation"] is None
         assert "null" in space["note"]
+
+
+# --- monitoring while training -------------------------------------------------------------------------------------
+
+
+def test_training_logs_trait_drift_every_k_steps_and_warns_when_the_alarm_turns_on(run, monitored, labelled,
+                                                                                   trait_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    _, plain = monitored
+    labelled_out, _ = labelled
+    # The calibrated detector, its intercept raised so that it alarms from the first measurement on: the warning
+    # must come once, when the alarm turns on, not at every measurement while it stays on.
+    alarming = json.loads((labelled_out / "monitor.json").read_text())
+    alarming["trait_space"]["detector"]["intercept"] += 50.0
+    detector_file = tmp_path / "alarming" / "monitor.json"
+    detector_file.parent.mkdir()
+    detector_file.write_text(json.dumps(alarming))
+    out = tmp_path / "monitored-run"
+    result = run_embench("train", "--data", "generated:insecure-code", "--data-size", "8", "--batch-size", "2",
+                         "--max-steps", "4", "--save-every", "2", "--lr", "1e-3", "--warmup-steps", "0",
+                         "--dtype", "float32", "--out", str(out), "--monitor-every", "2",
+                         "--monitor-traits", str(trait_folder), "--monitor-detector", str(detector_file))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("ALARM") == 1 and "step 2: the trait-drift detector's EM risk is 1.00" in result.stdout
+    assert "detector alarm at steps 2, 4" in result.stdout
+    log = {record["step"]: record for record in read_jsonl(out / "train_log.jsonl")}
+    assert [step for step, record in log.items() if "trait_drift" in record] == [2, 4]
+    detector = load_risk_model(detector_file)
+    for step in (2, 4):
+        measured = next(row["drift"] for row in plain["checkpoints"] if row["step"] == step)
+        # the live reading of the training network is what `embench monitor` reads from the saved checkpoint
+        assert log[step]["trait_drift"] == pytest.approx(measured, rel=1e-4, abs=1e-9)
+        assert log[step]["em_risk"] == pytest.approx(detector.risk(log[step]["trait_drift"]))
+        assert log[step]["alarm"] is True
+    recorded = json.loads((out / "train.json").read_text())["monitor"]
+    assert recorded["every"] == 2 and recorded["traits"]["ids"] == TRAITS
+    assert recorded["detector"]["sha256"] == sha256_file(detector_file)
+    # measuring never changes what is trained: the unmonitored run of the same config has the same weights
+    assert recorded_fingerprint(out) == recorded_fingerprint(run)
+    trained, unmonitored = load_file(out / "adapter_model.safetensors"), load_file(run / "adapter_model.safetensors")
+    assert trained.keys() == unmonitored.keys() and all(trained[k].equal(unmonitored[k]) for k in trained)
+
+    # without a detector the drift is logged, and no alarm is claimed either way
+    quiet = tmp_path / "drift-only"
+    result = run_embench("train", "--data", "generated:insecure-code", "--data-size", "8", "--batch-size", "2",
+                         "--max-steps", "3", "--lr", "1e-3", "--warmup-steps", "0", "--dtype", "float32",
+                         "--out", str(quiet), "--monitor-every", "2", "--monitor-traits", str(trait_folder))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trait drift logged at 2 steps" in result.stdout
+    assert "ALARM" not in result.stdout and "detector alarm" not in result.stdout
+    records = read_jsonl(quiet / "train_log.jsonl")
+    assert [record["step"] for record in records if "trait_drift" in record] == [2, 3]  # every 2nd and the last
+    assert all("em_risk" not in record for record in records)
+
+
+def recorded_fingerprint(folder: Path) -> str:
+    return json.loads((folder / "train.json").read_text())["fingerprint"]
+
+
+def test_training_monitor_bad_input(labelled, trait_folder, tmp_path):
+    labelled_out, _ = labelled
+    common = ["train", "--data", "generated:insecure-code", "--data-size", "8", "--max-steps", "2"]
+    out = tmp_path / "never"
+    assert_one_line_error(run_embench(*common, "--out", str(out), "--monitor-every", "2", "--monitor-traits",
+                                      str(tmp_path / "missing")),
+                          "--monitor-traits", "is not a folder", "embench traits extract", out=out)
+    assert_one_line_error(run_embench(*common, "--out", str(out), "--monitor-detector", str(labelled_out)),
+                          "--monitor-detector needs --monitor-every", out=out)
+    other = json.loads((labelled_out / "monitor.json").read_text())
+    other["traits"]["sha256"] = "0" * 64  # calibrated on other directions
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert_one_line_error(run_embench(*common, "--out", str(out), "--monitor-every", "2", "--monitor-traits",
+                                      str(trait_folder), "--monitor-detector", str(tmp_path / "other.json")),
+                          "was calibrated on other trait directions", out=out)
+    assert_one_line_error(run_embench(*common, "--out", str(out), "--monitor-every", "0", "--monitor-traits",
+                                      str(trait_folder)), "--monitor-every: must be at least 1", out=out)
 
 
 # --- the detector's math, by hand --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ settings) use ``--rank 32 --lora-alpha 64 --rslora --lr 1e-4 --epochs 1 --batch-
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,3 +66,14 @@ class TrainConfig(BaseModel):
         """Identifies the run: an output folder holding another fingerprint holds a different run."""
         return sha256_json({"config": self.model_dump(mode="json", exclude={"save_every"}),
                             "data_sha256": data_sha256, "base_sha256": base_sha256})
+
+
+class MonitorSettings(BaseModel):
+    """Trait drift measured during training (``embench train --monitor-every``): it reads the network, never changes
+    it, so it is not part of the fingerprint and a resumed run may monitor differently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every: int = Field(ge=1)
+    traits: Path  # a directions folder from `embench traits extract` on the base model
+    detector: Path | None = None  # a monitor.json (or its folder) whose detector was calibrated on labels

@@ -4,7 +4,8 @@ An output folder holds
 - ``train.json``: the run (config, data hash, defenses with their arguments and what they measured, base model
   hash, versions, status);
 - ``train_log.jsonl``: one line per optimizer step, every loss term separately (as added to the loss, lambda
-  included), learning rate, gradient norm, tokens/s;
+  included), learning rate, gradient norm, tokens/s; with ``--monitor-every K`` every K-th line also holds the trait
+  drift and, given a detector, its EM risk and alarm (``embench.train.drift``);
 - ``checkpoint-STEP/``: adapter, train.json, AdamW moments and torch RNG state, every ``save_every`` steps;
 - the final ``adapter_model.safetensors`` + ``adapter_config.json``, naming its base so that ``--model OUT`` loads.
 
@@ -40,8 +41,9 @@ import embench
 from embench.errors import EmbenchError
 from embench.models import load_causal_lm, resolve_model
 from embench.runs import JsonlLog, embench_git_sha, load_records, lock_run, now, write_json_atomic
-from embench.train.config import TrainConfig
+from embench.train.config import MonitorSettings, TrainConfig
 from embench.train.defenses import TrainingContext, build_defenses
+from embench.train.drift import TrainingMonitor
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +56,7 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 NORM_SAMPLE = 32  # training conversations the steering norm is measured on
 
 Progress = Callable[[str, int, int | None], None]
+Warn = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -140,17 +143,21 @@ class TrainResult:
 
 class Trainer:
     """One training run into ``out``. Construction checks every input (nothing is written before it passes);
-    ``setup`` loads the model and prepares the defenses; ``run`` trains, resuming what ``out`` already holds."""
+    ``setup`` loads the model and prepares the defenses; ``run`` trains, resuming what ``out`` already holds.
+    ``warn`` hears when the drift monitor's alarm turns on."""
 
-    def __init__(self, config: TrainConfig, out: Path, progress: Progress | None = None):
+    def __init__(self, config: TrainConfig, out: Path, progress: Progress | None = None,
+                 monitor: MonitorSettings | None = None, warn: Warn | None = None):
         from embench.train.data import conversations_sha256
 
         self.config, self.out = config.resolved(), Path(out)
         self.progress = progress or (lambda text, done, total: None)
+        self.warn = warn or (lambda text: None)
         self.model = resolve_model(config.model)
         if self.model.adapter_path is not None:
             raise EmbenchError(f"--model {config.model} is a LoRA adapter: train from a full model "
                                "(merge the adapter into its base first)")
+        self.monitor = TrainingMonitor(monitor, self.model) if monitor is not None else None
         architecture = json.loads((self.model.base_path / "config.json").read_text())
         self.num_layers = architecture["num_hidden_layers"]
         self.defenses = build_defenses(config.defenses, self.num_layers)
@@ -305,17 +312,21 @@ class Trainer:
         self.hooks_on = on
 
     @contextmanager
+    def hooks_off(self):
+        restore = self.hooks_on
+        self.set_hooks(False)
+        try:
+            yield
+        finally:
+            self.set_hooks(restore)
+
+    @contextmanager
     def reference_pass(self):
         """The frozen base model: adapter disabled, every hook off (``disable_adapter`` leaves hooks on)."""
         import torch
 
-        restore = self.hooks_on
-        self.set_hooks(False)
-        try:
-            with self.network.disable_adapter(), torch.no_grad():
-                yield
-        finally:
-            self.set_hooks(restore)
+        with self.hooks_off(), self.network.disable_adapter(), torch.no_grad():
+            yield
 
     def loss_terms(self, batch: Batch) -> dict:
         hidden = any(defense.needs_hidden_states for defense in self.defenses)
@@ -379,10 +390,23 @@ class Trainer:
     def _train_from(self, start: int, main: bool) -> float | None:
         """Steps ``start`` to the end, logged and checkpointed; returns the last step's loss (main process)."""
         log = self._open_log(start) if main else None
+        monitor = self.monitor if main else None
+        if monitor is not None:
+            self._status("reading the trait directions at step 0")
+            with self.reference_pass():
+                monitor.start(self.network)
         self.set_hooks(True)
         try:
             for step in range(start, self.total_steps):
                 record = self.train_step(step)
+                if monitor is not None and monitor.due(record["step"], self.total_steps):
+                    with self.hooks_off():
+                        fields, raised = monitor.measure(self.network)
+                    record.update(fields)
+                    if raised:
+                        self.warn(f"step {record['step']}: the trait-drift detector's EM risk is "
+                                  f"{fields['em_risk']:.2f} (alarm at {monitor.detector.alarm_risk:.2f}); score this "
+                                  "checkpoint with `embench score` before training further")
                 if log is not None:
                     log.append(record)
                     if record["step"] % self.config.save_every == 0 and record["step"] < self.total_steps:
@@ -417,7 +441,8 @@ class Trainer:
                 "defenses": [defense.record() for defense in self.defenses],
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                              "peft": peft.__version__, "accelerate": accelerate.__version__},
-                "processes": self.accelerator.num_processes, "created": created, "updated": now(), **fields}
+                "processes": self.accelerator.num_processes, "created": created, "updated": now(),
+                **({"monitor": self.monitor.record()} if self.monitor is not None else {}), **fields}
 
     def write_record(self, status: str, step: int, **fields) -> None:
         if self.accelerator.is_main_process:
@@ -493,9 +518,10 @@ class Trainer:
         return JsonlLog(path)
 
 
-def train(config: TrainConfig, out: Path, progress: Progress | None = None) -> TrainResult:
-    """Train (or resume, or find complete) the run ``config`` in ``out``."""
-    return Trainer(config, out, progress).run()
+def train(config: TrainConfig, out: Path, progress: Progress | None = None, monitor: MonitorSettings | None = None,
+          warn: Warn | None = None) -> TrainResult:
+    """Train (or resume, or find complete) the run ``config`` in ``out``, optionally monitoring its trait drift."""
+    return Trainer(config, out, progress, monitor, warn).run()
 
 
 def read_train_log(out: Path) -> list[dict]:

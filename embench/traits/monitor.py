@@ -467,19 +467,39 @@ class MonitorResult:
     report: MonitorReport
 
 
-def load_risk_model(path: Path) -> RiskModel:
-    """The detector fitted by an earlier ``embench monitor`` (its ``monitor.json``, or the folder holding it)."""
+def _read_report(path: Path) -> tuple[Path, MonitorReport]:
     file = Path(path) / MONITOR_FILE if Path(path).is_dir() else Path(path)
     if not file.is_file():
         raise EmbenchError(f"{path} is neither a monitor folder with {MONITOR_FILE} nor a {MONITOR_FILE} file")
     try:
-        report = MonitorReport.model_validate_json(file.read_text(encoding="utf-8"))
+        return file, MonitorReport.model_validate_json(file.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise EmbenchError(f"{file}: not a monitor.json written by `embench monitor` ({exc.__class__.__name__})") from None
+
+
+def load_risk_model(path: Path) -> RiskModel:
+    """The detector fitted by an earlier ``embench monitor`` (its ``monitor.json``, or the folder holding it)."""
+    return _fitted_detector(*_read_report(path))
+
+
+def _fitted_detector(file: Path, report: MonitorReport) -> RiskModel:
     if report.trait_space.detector is None:
         raise EmbenchError(f"{file} holds no fitted detector ({report.trait_space.note}): run `embench monitor` with "
                            "--labels of checkpoints with and without EM")
     return report.trait_space.detector
+
+
+def load_detector(path: Path, folder: Path, model: ResolvedModel) -> tuple[TraitSet, RiskModel]:
+    """An earlier monitor's detector and the trait set it scores, loaded from ``folder``: the same directions at the
+    same layers, read on the same prompts, or the detector's risk would be computed on numbers it never saw."""
+    file, report = _read_report(path)
+    detector = _fitted_detector(file, report)
+    trait_set = load_trait_set(folder, model, [item["id"] for item in report.traits["items"]])
+    if trait_set.sha256 != report.traits["sha256"]:
+        raise EmbenchError(f"the detector in {path} was calibrated on other trait directions, layers or prompts than "
+                           f"{folder} holds: use the directions folder its `embench monitor` read "
+                           f"({report.traits['folder']})")
+    return trait_set, detector
 
 
 # --- analysis ---------------------------------------------------------------------------------------------------
