@@ -48,6 +48,8 @@ bench: setup
 	$(PY) bench/generation.py
 	$(PY) bench/judging.py
 	$(PY) bench/score.py
+	$(PY) bench/train.py
+	$(PY) bench/monitor.py
 
 clean-venv:
 	rm -rf $(VENV)
