@@ -24,6 +24,7 @@ from rich.table import Table
 
 from embench.engines.base import KV_CACHE_GIB, EngineOptions
 from embench.errors import EmbenchError
+from embench.metrics import format_estimate
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluate language models for emergent misalignment.")
@@ -381,15 +382,6 @@ def score_command(
     _print_results(results_path)
 
 
-def _format_estimate(estimate: dict | None, percent: bool) -> str:
-    if not estimate or estimate.get("value") is None:
-        excluded = sum((estimate or {}).get("excluded", {}).values())
-        return f"null ({excluded} excluded)" if excluded else "null"
-    scale, unit = (100, "%") if percent else (1, "")
-    return (f"{estimate['value'] * scale:.1f}{unit} [{estimate['lower'] * scale:.1f}, {estimate['upper'] * scale:.1f}]"
-            f" n={estimate['n']}")
-
-
 def _print_results(results_path: Path) -> None:
     import json
 
@@ -403,7 +395,7 @@ def _print_results(results_path: Path) -> None:
                 if value:
                     table.add_row(task_id, name, ", ".join(f"{k}: {v}" for k, v in value.items()))
             elif isinstance(value, dict) and "method" in value:
-                table.add_row(task_id, name, _format_estimate(value, percent=value["method"] == "wilson"))
+                table.add_row(task_id, name, format_estimate(value, percent=value["method"] == "wilson"))
             elif name == "perplexity":
                 table.add_row(task_id, name, f"{value['perplexity']:.2f} over {value['tokens']} tokens")
             else:
@@ -514,15 +506,15 @@ def compare_command(
         table.add_column(column, overflow="fold")
     for row in rows:
         percent = row.method == "wilson"
-        estimate_a = {"value": row.a, "lower": row.a_lower, "upper": row.a_upper, "n": row.n_a}
-        estimate_b = {"value": row.b, "lower": row.b_lower, "upper": row.b_upper, "n": row.n_b}
+        estimate_a = {"value": row.a, "lower": row.a_lower, "upper": row.a_upper, "n": row.n_a, "method": row.method}
+        estimate_b = {"value": row.b, "lower": row.b_lower, "upper": row.b_upper, "n": row.n_b, "method": row.method}
         unit = " pp" if percent else ""
         difference = shown(row.difference, percent, "+") + (unit if row.difference is not None else "")
         if row.lower is not None:
             difference += f" [{shown(row.lower, percent, '+')}, {shown(row.upper, percent, '+')}]"
             if row.lower > 0 or row.upper < 0:
                 difference += " *"
-        table.add_row(row.task, row.metric, _format_estimate(estimate_a, percent), _format_estimate(estimate_b, percent),
+        table.add_row(row.task, row.metric, format_estimate(estimate_a, percent), format_estimate(estimate_b, percent),
                       difference)
     console.print(table)
     console.print(f"{len(rows)} metrics compared; * = the 95% interval excludes 0", highlight=False)
@@ -593,7 +585,6 @@ def leaderboard_schema_command(out: Path = typer.Option(Path("leaderboards/schem
 
 
 def _print_board(board) -> None:
-    from embench.leaderboard import format_estimate
 
     suite = f"{board.suite.id} v{board.suite.version}" if board.suite else "no suite yet"
     table = Table(title=f"{board.name} ({suite}): ranked by EM rate, lowest first (95% intervals)")
@@ -720,7 +711,7 @@ def reproduce_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the preset and print the matrix and the plan; run nothing."),
 ) -> None:
     """Train every defense on every dataset and seed of a preset, score each on one suite, compare and publish."""
-    from embench.reproduce import METRICS, ReproduceSpec, format_estimate, plan_reproduce, run_reproduce
+    from embench.reproduce import METRICS, ReproduceSpec, plan_reproduce, run_reproduce
 
     def listed(values: list[str]) -> Optional[list[str]]:  # --defenses a,b --defenses c -> [a, b, c]
         return [part.strip() for value in values for part in value.split(",") if part.strip()] or None

@@ -30,6 +30,25 @@ class Estimate(BaseModel):
     excluded: dict[str, int] = {}  # why samples were left out of the denominator: null scores, verdicts
 
 
+def format_estimate(estimate: Estimate | dict | None, percent: bool = True, missing: str = "-") -> str:
+    """``12.5% [4.1, 30.2] n=24``, followed by what was left out (``(excluded: 3 REFUSAL)``), so that a rate resting
+    on one usable sample of 24 says so; ``null (excluded: 24 null_score)`` when no sample was usable; ``missing``
+    where there is no such metric."""
+    if estimate is None:
+        return missing
+    if isinstance(estimate, dict):
+        estimate = Estimate.model_validate(estimate)
+    excluded = ", ".join(f"{count} {reason}" for reason, count in sorted(estimate.excluded.items()))
+    left_out = f"(excluded: {excluded})" if excluded else ""
+    if estimate.value is None:
+        return f"null {left_out}".strip()
+    scale, unit = (100, "%") if percent else (1, "")
+    shown = f"{estimate.value * scale:.1f}{unit}"
+    if estimate.lower is not None and estimate.upper is not None:
+        shown += f" [{estimate.lower * scale:.1f}, {estimate.upper * scale:.1f}]"
+    return f"{shown} n={estimate.n} {left_out}".strip()
+
+
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float | None, float | None]:
     """The Wilson score interval for a binomial proportion (sound at 0/n and n/n, unlike the normal one)."""
     if n == 0:

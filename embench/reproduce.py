@@ -32,6 +32,7 @@ from embench.engines.base import KV_CACHE_GIB
 from embench.errors import EmbenchError
 from embench.files import first_error, read_yaml
 from embench.hashing import file_safe, sha256_file, sha256_json
+from embench.metrics import format_estimate
 from embench.runs import embench_git_sha, lock_run, now, write_json_atomic
 from embench.tasks import Suite, Task, find_suite, tasks_dir
 from embench.train.config import DefenseSpec, TrainConfig
@@ -558,18 +559,6 @@ def write_comparison(plan: ReproducePlan) -> list[Path]:
     return paths
 
 
-def format_estimate(estimate: dict | None, percent: bool = True) -> str:
-    """``12.5 [3.1, 38.0] (n=16)``; a null value with its sample count and why samples were left out."""
-    if estimate is None:
-        return "-"
-    if estimate["value"] is None:
-        excluded = ", ".join(f"{count} {reason}" for reason, count in sorted(estimate.get("excluded", {}).items()))
-        return f"null (n=0{'; excluded: ' + excluded if excluded else ''})"
-    scale = 100 if percent else 1
-    return (f"{estimate['value'] * scale:.1f} [{estimate['lower'] * scale:.1f}, {estimate['upper'] * scale:.1f}] "
-            f"(n={estimate['n']})")
-
-
 def comparison_markdown(plan: ReproducePlan, rows: list[dict]) -> str:
     judge = plan.score.judge_model or "the judges' default model"
     lines = [f"# embench reproduce: preset {plan.preset.id} v{plan.preset.version}", "",
@@ -604,7 +593,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         for position, row in enumerate(rows):
             estimate = row[name]
             if estimate is None or estimate["value"] is None:
-                text = "-" if estimate is None else f"null (n=0, {sum(estimate['excluded'].values())} excluded)"
+                text = format_estimate(estimate)
                 axis.text(0.02, position, text, va="center", fontsize=7, color="grey")
                 continue
             value, lower, upper = (100 * estimate[key] for key in ("value", "lower", "upper"))

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from embench.metrics import Z_95, Estimate, bootstrap_mean, mean_score, rate, verdict_counts, wilson_interval
+from embench.metrics import (
+    Z_95,
+    Estimate,
+    bootstrap_mean,
+    format_estimate,
+    mean_score,
+    rate,
+    verdict_counts,
+    wilson_interval,
+)
 from embench.tasks import Condition, RateRule, load_task_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -204,3 +213,14 @@ def test_per_question_plot_draws_rates_of_zero_and_one(tmp_path):
     assert [path.name for path in written] == ["aligned_vs_coherent.png", "em_rate_per_question.png"]
     for path in written:
         assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_every_shown_estimate_says_what_was_left_out():
+    one_of_24 = Estimate(value=1.0, lower=0.207, upper=1.0, n=1, method="wilson", excluded={"null_score": 23})
+    assert format_estimate(one_of_24) == "100.0% [20.7, 100.0] n=1 (excluded: 23 null_score)"
+    none_usable = {"value": None, "lower": None, "upper": None, "n": 0, "method": "wilson",
+                   "excluded": {"REFUSAL": 2, "null_score": 22}}
+    assert format_estimate(none_usable) == "null (excluded: 2 REFUSAL, 22 null_score)"
+    mean = Estimate(value=41.25, lower=30.5, upper=52.0, n=8, method="bootstrap")
+    assert format_estimate(mean, percent=False) == "41.2 [30.5, 52.0] n=8"
+    assert format_estimate(None) == "-" and format_estimate(None, missing="\u2014") == "\u2014"

@@ -263,8 +263,8 @@ def test_score_end_to_end(reference, suites, default_model):
     assert f"{perplexity['perplexity']:.2f} over {perplexity['tokens']} tokens" in stdout
     for name in ("misaligned", "incoherent", "aligned_mean", "coherent_mean"):
         estimate = metrics[name]
-        shown = (f"null ({sum(estimate['excluded'].values())} excluded)" if estimate["value"] is None
-                 else f"n={estimate['n']}")
+        excluded = ", ".join(f"{count} {reason}" for reason, count in sorted(estimate["excluded"].items()))
+        shown = f"null (excluded: {excluded})" if estimate["value"] is None else f"n={estimate['n']}"
         assert any(name in line and shown in line for line in stdout.splitlines()), (name, shown, stdout)
     assert "results.json" in stdout
     print(f"reference score: {seconds:.0f} s")

@@ -14,7 +14,7 @@ from jinja2 import Environment, FileSystemLoader
 import embench
 from embench.leaderboard.board import load_board, load_entries, validate_board, write_atomic
 from embench.leaderboard.models import BOARD_FILE, Board, BoardEntry
-from embench.metrics import Estimate
+from embench.metrics import Estimate, format_estimate
 from embench.runs import now
 
 PAGE = "index.html"
@@ -24,22 +24,16 @@ SHAPES = ("circle", "square", "triangle", "diamond", "triangle-down", "cross")
 NO_DEFENSE = "no defense"
 
 
+NO_TASK = "\u2014"  # the board's suite has no task for this metric
+
+
 def _environment() -> Environment:
     environment = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
                               trim_blocks=True, lstrip_blocks=True)
-    environment.filters["estimate"] = format_estimate
+    environment.filters["estimate"] = lambda estimate: format_estimate(estimate, missing=NO_TASK)
     environment.filters["sort_value"] = lambda estimate: "" if estimate is None or estimate.value is None \
         else f"{estimate.value:.6f}"
     return environment
-
-
-def format_estimate(estimate: Estimate | None) -> str:
-    """``12.5% [4.1, 30.2] n=24``; ``null (24 excluded)`` when no sample was usable; an em dash for no task."""
-    if estimate is None:
-        return "\u2014"
-    if estimate.value is None:
-        return f"null ({sum(estimate.excluded.values())} excluded)"
-    return f"{estimate.value * 100:.1f}% [{estimate.lower * 100:.1f}, {estimate.upper * 100:.1f}] n={estimate.n}"
 
 
 def render(path: Path) -> list[Path]:
@@ -102,8 +96,8 @@ def trade_off_plot(entries: list[BoardEntry], width: int = 720, height: int = 46
         labels.setdefault((cx, cy), []).append(f"#{entry.rank} ({benign})")  # points that coincide share a label
         points.append({
             "path": marker_path(shape, cx, cy), "colour": colour,
-            "title": f"#{entry.rank} {entry.model}: EM rate {format_estimate(general)}; in-domain "
-                     f"{format_estimate(narrow)}; {benign}; defense {entry.defense or 'none'}",
+            "title": f"#{entry.rank} {entry.model}: EM rate {format_estimate(general, missing=NO_TASK)}; in-domain "
+                     f"{format_estimate(narrow, missing=NO_TASK)}; {benign}; defense {entry.defense or 'none'}",
             "bars": [(x(general.lower), cy, x(general.upper), cy), (cx, y(narrow.lower), cx, y(narrow.upper))]})
     return {
         "width": width, "height": height, "x0": x0, "x1": x1, "y0": y0, "y1": y1, "points": points,
