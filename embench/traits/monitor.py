@@ -59,8 +59,8 @@ FORMAT_VERSION = 1
 READING_FORMAT = 1
 DEFAULT_EM_THRESHOLD = 0.05
 DTYPES = ("float32", "bfloat16")
-# The training-folder layout of `embench train` (embench.train.trainer, which imports this module for
-# --monitor-every, so its names are not imported here).
+# The training-folder layout of `embench train` (embench.train.trainer; its --monitor-every imports this module
+# through embench.train.drift, so the trainer's names are not imported here).
 TRAIN_FILE = "train.json"
 STATE_FILE = "trainer_state.json"  # only in checkpoint-STEP/ folders
 ADAPTER_CONFIG = "adapter_config.json"
