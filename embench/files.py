@@ -20,9 +20,10 @@ def read_yaml(path: Path):
 
 
 def first_error(exc: ValidationError) -> tuple[str, str]:
-    """The first validation problem as (dotted field, message); the field is "" for a whole-object problem."""
+    """The first validation problem as (dotted field, message); the field is "" for a whole-object problem. The
+    message of a validator's own check loses pydantic's "Value error, " prefix: it is written for the user."""
     error = exc.errors()[0]
-    return ".".join(str(part) for part in error["loc"]), error["msg"]
+    return ".".join(str(part) for part in error["loc"]), error["msg"].removeprefix("Value error, ")
 
 
 def field_error(path: Path, exc: ValidationError) -> EmbenchError:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 import embench
 from embench.engines.base import KV_CACHE_GIB
 from embench.errors import EmbenchError
-from embench.files import first_error, read_yaml
+from embench.files import field_error, first_error, read_yaml
 from embench.hashing import file_safe, sha256_file, sha256_json
 from embench.metrics import format_estimate
 from embench.runs import embench_git_sha, lock_run, now, write_json_atomic
@@ -175,9 +175,7 @@ def find_preset(reference: str) -> tuple[Path, Preset]:
     try:
         preset = Preset.model_validate(read_yaml(path))
     except ValidationError as exc:
-        where, message = first_error(exc)
-        message = message.removeprefix("Value error, ")
-        raise EmbenchError(f"{path}: {'field ' + repr(where) + ': ' if where else ''}{message}") from None
+        raise field_error(path, exc) from None
     return path.resolve(), preset
 
 
@@ -288,7 +286,7 @@ def plan_reproduce(spec: ReproduceSpec) -> ReproducePlan:
         score = ScoreSettings.model_validate({**preset.score.model_dump(), **updates})
     except ValidationError as exc:
         where, message = first_error(exc)
-        raise EmbenchError(f"--{where.replace('_', '-')}: {message.removeprefix('Value error, ')}") from None
+        raise EmbenchError(f"--{where.replace('_', '-')}: {message}") from None
     suite, tasks, probes, benign = _assemble_suite(preset, preset_path)
     registry = JudgeRegistry.default()
     for task in tasks:

@@ -103,7 +103,6 @@ def _read_jsonl(path: Path) -> list[Conversation]:
                                "fix or remove that line") from None
         except ValidationError as exc:
             field, message = first_error(exc)
-            message = message.removeprefix("Value error, ")  # pydantic's prefix for a validator's own check
             raise EmbenchError(f"{path}:{number}: {field + ': ' if field else ''}{message}") from None
     if not conversations:
         raise EmbenchError(f"data file {path} holds no conversations")
