@@ -19,13 +19,15 @@ class TrainingMonitor:
         from embench.traits.monitor import MONITOR_FILE, load_detector, load_trait_set
 
         self.settings = settings
-        self.detector_file = None
+        self.detector_record = None  # what train.json says of the detector, fixed for the run
         if settings.detector is None:
             self.trait_set, self.detector = load_trait_set(settings.traits, model), None
         else:
             self.trait_set, self.detector = load_detector(settings.detector, settings.traits, model)
             path = settings.detector
-            self.detector_file = path / MONITOR_FILE if path.is_dir() else path
+            file = path / MONITOR_FILE if path.is_dir() else path
+            self.detector_record = {"file": str(file), "sha256": sha256_file(file),
+                                    "alarm_risk": self.detector.alarm_risk, "em_threshold": self.detector.em_threshold}
         self.reference = None
         self.alarm_on = False
 
@@ -53,11 +55,7 @@ class TrainingMonitor:
 
     def record(self) -> dict:
         """What train.json says about the monitoring."""
-        detector = None
-        if self.detector is not None:
-            detector = {"file": str(self.detector_file), "sha256": sha256_file(self.detector_file),
-                        "alarm_risk": self.detector.alarm_risk, "em_threshold": self.detector.em_threshold}
         return {"every": self.settings.every, "traits": {"folder": str(self.settings.traits),
                                                          "sha256": self.trait_set.sha256, "ids": self.trait_set.ids,
                                                          "layers": {t.id: t.layer for t in self.trait_set.traits}},
-                "detector": detector}
+                "detector": self.detector_record}
