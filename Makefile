@@ -40,9 +40,10 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/embench score default --suite em-core --out runs/demo
 
+# Test artifacts (the leaderboard page's screenshot in headless Chromium) are kept in test-artifacts/.
 test: setup
 	$(VENV)/bin/ruff check embench tests bench
-	$(PY) -m pytest
+	EMBENCH_TEST_ARTIFACTS=$${EMBENCH_TEST_ARTIFACTS:-$(CURDIR)/test-artifacts} $(PY) -m pytest
 
 bench: setup
 	$(PY) bench/generation.py

@@ -812,13 +812,16 @@ def monitor_command(
     console.print(table)
     for name, analysed in [("trait directions", space)] + list(report.baselines.items()):
         parts = [f"PC1 {analysed.pca.pc1_share:.0%} of drift" if analysed.pca else "no PCA"]
-        if analysed.evaluation is not None:
-            evaluation = analysed.evaluation
+        for kind, evaluation in (("in sample", analysed.evaluation), ("held out by run", analysed.held_out)):
+            if evaluation is None:
+                continue
             leads = [f"{run.run} " + ("no alarm" if run.first_alarm_step is None else f"{run.lead_time_steps:+d}")
                      for run in evaluation.runs if run.category == "em"]
-            parts.append(f"AUROC {'-' if evaluation.auroc is None else f'{evaluation.auroc:.2f}'}, lead time (steps) "
-                         f"{', '.join(leads) or '-'}, false positives {len(evaluation.false_positive_runs)} of "
+            parts.append(f"{kind}: AUROC {'-' if evaluation.auroc is None else f'{evaluation.auroc:.2f}'}, lead time "
+                         f"(steps) {', '.join(leads) or '-'}, false positives {len(evaluation.false_positive_runs)} of "
                          f"{len(evaluation.benign_runs)} benign runs")
+        if analysed.evaluation is not None and analysed.held_out is None:
+            parts.append(f"no held-out evaluation: {analysed.held_out_note}")
         note = f" ({analysed.note})" if analysed.note and analysed.note != report.labels.note else ""
         console.print(f"{name.replace('_', ' ')}: {'; '.join(parts)}{note}", soft_wrap=True, highlight=False)
     console.print(f"labels: {report.labels.note}", soft_wrap=True, highlight=False)

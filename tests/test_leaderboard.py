@@ -251,6 +251,20 @@ def test_refusals_leave_the_board_unchanged(board, runs, tmp_path):
     refused(runs["other-judge"], fragments=("judged differently from board",
                                             f"judge_model {JUDGE_B} (board: {JUDGE_A})", "--allow-mixed-judges"))
 
+    # The same judge model with a new version of one judge prompt: judged differently too.
+    new_prompt = tmp_path / "new-prompt-version"
+    shutil.copytree(runs["other-judge"], new_prompt)
+    results = json.loads((new_prompt / "results.json").read_text())
+    for metrics in results["judges"].values():
+        for identity in metrics.values():
+            identity["judge_model"] = JUDGE_A
+    aligned = results["judges"]["lb-ood"]["aligned"]
+    version = aligned["judge_version"]
+    aligned.update(judge_version=version + 1, template_sha256="f" * 64)
+    (new_prompt / "results.json").write_text(json.dumps(results))
+    refused(new_prompt, fragments=("judged differently from board", f"lb-ood/aligned: judge_version {version + 1} "
+                                   f"(board: {version}), template_sha256", "--allow-mixed-judges"))
+
     other_suite = tmp_path / "other-suite"
     shutil.copytree(runs["lora"], other_suite)
     results = json.loads((other_suite / "results.json").read_text())
@@ -276,6 +290,25 @@ def test_refusals_leave_the_board_unchanged(board, runs, tmp_path):
                                       str(fresh)), "given twice", out=fresh)
     assert_one_line_error(run_embench("leaderboard", "publish", str(tampered), "--board", str(fresh)),
                           "does not match", out=fresh)
+
+
+def test_render_rewrites_the_pages_of_a_board_or_of_a_folder_of_boards(board, tmp_path):
+    board = copy_board(board, tmp_path)
+    root = board.parent
+    ids = [entry["evaluation_id"] for entry in json.loads((board / "leaderboard.json").read_text())["entries"]]
+    for target in (board, root):
+        for page in (board / "index.html", root / "index.html"):
+            page.unlink(missing_ok=True)  # a copied board has no list of boards beside it yet
+        result = run_embench("leaderboard", "render", str(target))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"wrote {board / 'index.html'}" in result.stdout and f"wrote {root / 'index.html'}" in result.stdout
+        page = (board / "index.html").read_text()
+        assert all(evaluation_id in page for evaluation_id in ids) and 'id="trade-off"' in page
+        assert 'href="tiny/index.html"' in (root / "index.html").read_text()
+    (board / "leaderboard.json").write_text("{")
+    before = (board / "index.html").read_bytes()
+    assert_one_line_error(run_embench("leaderboard", "render", str(board)), "leaderboard.json")
+    assert (board / "index.html").read_bytes() == before, "a board that does not validate keeps its page"
 
 
 def test_mixed_judges_allowed_and_shown(board, runs, tmp_path):

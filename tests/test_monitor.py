@@ -20,7 +20,7 @@ from embench.hashing import sha256_file
 from embench.models import load_causal_lm, resolve_model
 from embench.train.config import TrainConfig
 from embench.train.trainer import train
-from embench.traits.detector import L2_PENALTY, Point, evaluate, fit_logistic, pca
+from embench.traits.detector import L2_PENALTY, Point, evaluate, fit_logistic, held_out_by_run, pca
 from embench.traits.extract import ExtractionSettings
 from embench.traits.monitor import load_risk_model, load_trait_set, read_layers, trait_drift
 from embench.traits.pipeline import extract_traits
@@ -213,6 +213,7 @@ def test_detector_calibrated_on_labels(labelled, monitored):
     assert outcome["first_alarm_step"] == first_alarm
     assert outcome["lead_time_steps"] == (None if first_alarm is None else 4 - first_alarm)
     assert evaluation["benign_runs"] == [] and evaluation["false_positive_runs"] == []
+    assert space["held_out"] is None and "at least two runs" in space["held_out_note"]  # one training run here
     for baseline in report["baselines"].values():
         assert baseline["detector"] is not None and baseline["evaluation"]["labelled_checkpoints"] == 3
     reloaded = load_risk_model(out)  # what a training run reads to raise the alarm live
@@ -339,6 +340,33 @@ def test_evaluation_by_hand():
     missed = evaluate([Point("e", 0, 0.1, False), Point("e", 5, 0.2, True)])
     assert missed.runs[0].first_alarm_step is None and missed.runs[0].lead_time_steps is None
     assert evaluate([Point("f", 0, 0.3, False)]).auroc is None  # one class only
+
+
+def test_held_out_evaluation_by_hand():
+    """Leave one run out: each labelled run's risk comes from a fit on the other runs' labelled checkpoints only."""
+    where = [("a", 0), ("a", 10), ("a", 20), ("b", 0), ("b", 10), ("b", 20), ("c", 0), ("c", 10), ("u", 0)]
+    feature = [0.0, 1.0, 3.0, 0.0, 2.5, 4.0, 0.0, 1.5, 9.0]
+    flagged = [False, False, True, False, True, True, False, False, None]
+    evaluation, note = held_out_by_run(where, feature, flagged)
+    assert note is None
+    expected = []
+    for held in "abc":
+        train = [(x, f) for (run, _), x, f in zip(where, feature, flagged) if run != held and f is not None]
+        model = fit_logistic([x for x, _ in train], [f for _, f in train])
+        expected += [Point(run, step, float(model.risk(x)), f) for (run, step), x, f in zip(where, feature, flagged)
+                     if run == held]
+    assert evaluation == evaluate(expected)
+    assert evaluation.labelled_checkpoints == 8 and {o.run for o in evaluation.runs} == {"a", "b", "c"}
+    assert evaluation.benign_runs == ["c"]
+    in_sample = fit_logistic([x for x, f in zip(feature, flagged) if f is not None],
+                             [f for f in flagged if f is not None])
+    assert evaluation.runs[0].first_alarm_step is not None
+    assert [p.risk for p in expected if p.run == "a"] != pytest.approx(in_sample.risk([0.0, 1.0, 3.0]).tolist())
+
+    one_run, why = held_out_by_run(where[:3], feature[:3], flagged[:3])
+    assert one_run is None and "at least two runs" in why
+    no_positive_elsewhere, why = held_out_by_run(where[:5], feature[:5], [False, False, True, False, False])
+    assert no_positive_elsewhere is None and "without run a" in why and "all of one kind" in why
 
 
 def test_pca_by_hand():

@@ -343,6 +343,36 @@ def test_bad_training_data_is_a_one_line_error_with_the_line(tmp_path, lines, fr
     assert_one_line_error(run_embench("train", "--data", str(data), "--out", str(out)), *fragments, out=out)
 
 
+def test_a_bad_steering_vector_file_is_refused_before_anything_is_written(tmp_path):
+    two = tmp_path / "two.safetensors"
+    save_file({"a": torch.zeros(576), "b": torch.zeros(576)}, two, metadata={"layer": "3"})
+    unlabelled = tmp_path / "unlabelled.safetensors"
+    save_file({"direction": torch.zeros(576)}, unlabelled)
+    cases = [(steering_vector(tmp_path, layer=40), ["steer layer 40", "0..29"]), (two, ["one 1-D tensor"]),
+             (unlabelled, ["which layer", "steer.layer=N"]), (tmp_path / "missing.safetensors", ["does not exist"])]
+    for vector, fragments in cases:
+        out = tmp_path / f"run-{vector.stem}"
+        result = run_embench("train", "--data", DATA, "--data-size", "4", "--defense", "steer",
+                             "--defense-arg", f"vector={vector}", "--out", str(out))
+        assert_one_line_error(result, *fragments, out=out)
+
+
+def test_gradient_accumulation_trains_as_one_larger_batch(tmp_path):
+    """Two micro-batches of 2 per optimizer step give the loss and gradient of one batch of 4: every term is a
+    mean over the whole step's tokens, not over each micro-batch."""
+    runs = {}
+    for name, batch_size, grad_accum in (("whole", 4, 1), ("accumulated", 2, 2)):
+        out = tmp_path / name
+        train(tiny(data_size=8, batch_size=batch_size, grad_accum=grad_accum, max_steps=2), out)
+        runs[name] = read_train_log(out)
+        assert json.loads((out / "train.json").read_text())["config"]["grad_accum"] == grad_accum
+    whole, accumulated = runs["whole"], runs["accumulated"]
+    assert [r["tokens"] for r in whole] == [r["tokens"] for r in accumulated]
+    for key in ("ce", "grad_norm"):
+        assert [r[key] for r in accumulated] == pytest.approx([r[key] for r in whole], rel=1e-4), key
+    assert whole[0]["ce"] != whole[1]["ce"], "the second step sees the first step's update"
+
+
 def test_a_folder_that_is_not_a_training_run_is_refused(tmp_path):
     out = tmp_path / "notes"
     out.mkdir()

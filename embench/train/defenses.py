@@ -152,15 +152,34 @@ class Steer(Defense):
         vector: Path | None = None  # a safetensors file with one 1-D tensor (else the bundled extractor's vector)
 
     def check(self, num_layers: int) -> None:
+        if self.args.vector is not None:  # read before any file is written, so a bad vector file leaves nothing
+            self._check_vector_file(self.args.vector)
         if self.args.layer is not None and not 0 <= self.args.layer < num_layers:
             raise EmbenchError(f"steer layer {self.args.layer} is outside the model: it has decoder layers "
                                f"0..{num_layers - 1}")
-        if self.args.vector is not None and not self.args.vector.is_file():
-            raise EmbenchError(f"steering vector file {self.args.vector} does not exist")
+
+    def _check_vector_file(self, path: Path) -> None:
+        """One 1-D tensor and the layer it is for (from the file, unless ``layer`` is given); reads the header only."""
+        from safetensors import safe_open
+
+        if not path.is_file():
+            raise EmbenchError(f"steering vector file {path} does not exist")
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+            if len(keys) != 1 or len(handle.get_slice(keys[0]).get_shape()) != 1:
+                raise EmbenchError(f"{path}: a steering vector file holds one 1-D tensor (found {len(keys)} tensors)")
+            stored_layer = (handle.metadata() or {}).get("layer")
+        layer = self.args.layer if self.args.layer is not None else stored_layer
+        if layer is None:
+            raise EmbenchError(f"{path} does not say which layer its vector is for: pass --defense-arg steer.layer=N")
+        self.args = self.args.model_copy(update={"layer": int(layer)})
 
     def prepare(self, context: TrainingContext) -> None:
         if self.args.vector is not None:
-            vector, self.layer = self._read_vector(self.args.vector, context.num_layers)
+            from safetensors.torch import load_file
+
+            (vector,) = load_file(str(self.args.vector)).values()
+            self.layer = self.args.layer
             self.details["vector_source"] = {"file": str(self.args.vector), "sha256": sha256_file(self.args.vector)}
         else:
             from embench.traits import persona_vector
@@ -172,21 +191,6 @@ class Steer(Defense):
         self.shift = self.args.alpha * norm * vector / vector.norm()
         self.details.update(layer=self.layer, residual_norm=norm, shift_norm=float(self.shift.norm()))
         self.handle = None
-
-    def _read_vector(self, path: Path, num_layers: int):
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            keys = list(handle.keys())
-            if len(keys) != 1 or len(handle.get_slice(keys[0]).get_shape()) != 1:
-                raise EmbenchError(f"{path}: a steering vector file holds one 1-D tensor (found {len(keys)} tensors)")
-            vector, stored_layer = handle.get_tensor(keys[0]), (handle.metadata() or {}).get("layer")
-        layer = self.args.layer if self.args.layer is not None else stored_layer
-        if layer is None:
-            raise EmbenchError(f"{path} does not say which layer its vector is for: pass --defense-arg steer.layer=N")
-        self.args = self.args.model_copy(update={"layer": int(layer)})
-        self.check(num_layers)
-        return vector, int(layer)
 
     def install(self, network) -> None:
         if self.handle is None:

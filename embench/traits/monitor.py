@@ -49,7 +49,7 @@ from embench.metrics import Estimate
 from embench.models import ResolvedModel, load_causal_lm, resolve_model
 from embench.runs import embench_git_sha, now, write_json_atomic
 from embench.traits.activations import block_activations, check_layers
-from embench.traits.detector import ALARM_RISK, Evaluation, Point, evaluate, fit_logistic, pca
+from embench.traits.detector import ALARM_RISK, Evaluation, Point, evaluate, fit_logistic, held_out_by_run, pca
 from embench.traits.spec import Trait, load_trait_file, traits_dir
 from embench.traits.store import load_directions
 
@@ -407,6 +407,8 @@ class SpaceReport(BaseModel):
     risk: list[float] | None
     evaluation: Evaluation | None
     evaluated_on: str | None
+    held_out: Evaluation | None = None  # each labelled run scored by a detector calibrated on the other runs
+    held_out_note: str | None = None  # why there is no held-out evaluation
     note: str | None  # why no PCA or no detector
 
 
@@ -538,8 +540,10 @@ def analyse_space(description: str, traits: list[str], layers: dict[str, int], d
                          calibration_checkpoints=len(labelled), calibration_flagged=sum(flag for _, flag in labelled))
     evaluation = evaluate([Point(run=run, step=step, risk=float(value), flagged=flag)
                            for (run, step), value, flag in zip(where, risk, flagged)])
+    held_out, held_out_note = held_out_by_run(where, fitted.scores, flagged)
     return SpaceReport(**{**empty, "detector": detector, "risk": risk.tolist(), "evaluation": evaluation,
-                          "evaluated_on": "in sample: the labelled checkpoints it was calibrated on", "note": None})
+                          "evaluated_on": "in sample: the labelled checkpoints it was calibrated on",
+                          "held_out": held_out, "held_out_note": held_out_note, "note": None})
 
 
 def _labels_report(labels: list[Label], checkpoints: list[tuple[Run, Checkpoint]],
