@@ -1,5 +1,8 @@
 """Local judging cost: ``exact`` mode with and without prefix reuse, a fully cached re-run, and judging vs generation.
 
+It also times the same exact judgments with the judge's grouped attention (the default, see
+``embench.judges.hf_backend.grouped_attention``) and with transformers' SDPA, side by side.
+
 ``exact`` scores ~100 continuations ("0".."100", verdict words) of every judge prompt. With prefix reuse (the
 hf backend's tree attention mask) the prompt is computed once per judgment; without it, each continuation is
 its own forward pass of prompt + continuation, which is what a naive implementation does. The run judged is the
@@ -36,18 +39,38 @@ def naive_exact_seconds(backend, spec, generations, count: int) -> float:
     return (time.perf_counter() - started) / count
 
 
+def attention_seconds(backend, spec, generations, count: int) -> dict[str, float]:
+    """Seconds per exact judgment of the first ``count`` generations under each attention implementation, in turn,
+    uncached (the backend is called directly), after one warm-up judgment each."""
+    from embench.judges.backends import JudgeRequest
+    from embench.judges.hf_backend import JUDGE_ATTENTION
+    from embench.judges.judging import judge_inputs
+
+    requests = [JudgeRequest(key=g.key, prompt=spec.render(**judge_inputs(g)), shared_prefix=spec.static_head)
+                for g in generations[:count]]
+    seconds = {}
+    for implementation in ("sdpa", JUDGE_ATTENTION):
+        backend.network.set_attn_implementation(implementation)
+        backend.judge(requests[:1], "exact", spec.verdicts, lambda outcome: None)
+        started = time.perf_counter()
+        backend.judge(requests, "exact", spec.verdicts, lambda outcome: None)
+        seconds[implementation] = (time.perf_counter() - started) / len(requests)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="smoke")
     parser.add_argument("--judges", default="aligned,coherent")
     parser.add_argument("--naive-samples", type=int, default=2, help="judgments timed without prefix reuse")
+    parser.add_argument("--attention-samples", type=int, default=16, help="judgments timed per attention kernel")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from embench.generate import generate
     from embench.judges import JudgeRegistry
-    from embench.judges.hf_backend import HFJudgeBackend
+    from embench.judges.hf_backend import JUDGE_ATTENTION, HFJudgeBackend
     from embench.judges.judging import JUDGMENTS_FILE, judge_run
     from embench.models import resolve_model
     from embench.runs import read_generations
@@ -84,6 +107,8 @@ def main() -> None:
         assert cached.cached == len(generations), "the re-run should be served from the cache"
     cached_s = time.perf_counter() - started
     naive_s = naive_exact_seconds(backend, specs[0], generations, args.naive_samples)
+    attention = attention_seconds(backend, specs[0], generations, args.attention_samples)
+    grouped_s, sdpa_s = attention[JUDGE_ATTENTION], attention["sdpa"]
 
     results = {
         "task": task.id, "generations": len(generations), "completion_tokens": tokens,
@@ -92,6 +117,7 @@ def main() -> None:
         "exact_s_per_judgment_prefix_reuse": judging_s / judgments,
         "exact_s_per_judgment_no_reuse": naive_s,
         "cached_rerun_s": cached_s,
+        "exact_s_per_judgment_by_attention": attention,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "load_average_1min": os.getloadavg()[0],
     }
@@ -101,6 +127,8 @@ def main() -> None:
     print(f"exact s/judgment: {results['exact_s_per_judgment_prefix_reuse']:.2f} with prefix reuse, "
           f"{naive_s:.2f} without -> {naive_s / results['exact_s_per_judgment_prefix_reuse']:.1f}x from reuse")
     print(f"fully cached re-run: {cached_s:.2f} s ({cached_s / judging_s:.1%} of the first judging)")
+    print(f"exact s/judgment by attention ({args.attention_samples} judgments each): grouped {grouped_s:.3f}, "
+          f"sdpa {sdpa_s:.3f} -> {sdpa_s / grouped_s:.2f}x from grouped attention")
     print(f"judging / generation time: {judging_s / generation_s:.0%} (target <= 30%)")
     print(f"peak RSS {results['peak_rss_mb']:.0f} MB, load average {results['load_average_1min']:.1f} on 2 cores")
     RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)

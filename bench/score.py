@@ -29,6 +29,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from embench.home import models_dir
     from embench.models import resolve_model
     from embench.score import STATE_FILE, ScoreSpec, prepare_score, run_score
 
@@ -39,7 +40,10 @@ def main() -> None:
         spec.options = spec.options.model_copy(update={"kv_cache_gib": args.kv_cache_gib})
     started = time.perf_counter()
     prepared = prepare_score(spec)
-    # A private judgment cache (after the model is resolved from the real cache): every judgment is computed.
+    # A private judgment cache, so that every judgment is computed; its models folder is the real one, so that the
+    # judge model is not converted again (a user's judge load reads the prepared model).
+    (work / "home").mkdir()
+    (work / "home" / "models").symlink_to(models_dir(), target_is_directory=True)
     os.environ["EMBENCH_HOME"] = str(work / "home")
     results_path = run_score(prepared)
     wall = time.perf_counter() - started
