@@ -297,10 +297,11 @@ def test_steer_uses_the_bundled_evil_persona_vector_by_default(tmp_path, default
 
 
 def test_two_processes_train_one_adapter_under_ddp(tmp_path):
-    """The several-GPU path (the Accelerator's DDP), run here as two CPU processes talking over gloo."""
+    """The several-GPU path as README documents it (`accelerate launch --multi_gpu`, the Accelerator's DDP), run
+    here as two CPU processes talking over gloo."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "embench", "train", "--data", DATA, "--data-size", "16", "--batch-size", "2", "--max-steps", "3",
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "embench", "train", "--data", DATA, "--data-size", "16", "--batch-size", "2", "--max-steps", "3",
                "--save-every", "2", "--defense", "kl", "--out", str(out)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
                             env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
