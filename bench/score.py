@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -62,6 +63,7 @@ def main() -> None:
     print(f"peak RSS {report['peak_rss_mb']:.0f} MB, load average {report['load_average_1min']:.1f} on 2 cores")
     RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_FILE.write_text(json.dumps(report, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)  # the models link goes, the models it points to stay
 
 
 if __name__ == "__main__":
