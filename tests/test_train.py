@@ -301,7 +301,8 @@ def test_two_processes_train_one_adapter_under_ddp(tmp_path):
     here as two CPU processes talking over gloo."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "embench", "train", "--data", DATA, "--data-size", "16", "--batch-size", "2", "--max-steps", "3",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "embench", "train", "--data", DATA, "--data-size", "16", "--batch-size", "2", "--max-steps", "3",
                "--save-every", "2", "--defense", "kl", "--out", str(out)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
                             env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
