@@ -31,7 +31,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 models_app = typer.Typer(add_completion=False, help="The bundled default model and embench's model cache.")
 app.add_typer(models_app, name="models")
 judges_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                         help="Judge prompts: list, show, render, validate, add, calibrate.")
+                         help="Judges: list, show, render, validate, add, calibrate, train.")
 app.add_typer(judges_app, name="judges")
 tasks_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Task and suite definitions under tasks/.")
 app.add_typer(tasks_app, name="tasks")
@@ -228,9 +228,9 @@ def judges_add_command(file: Path, to: Optional[Path] = typer.Option(
 @judges_app.command("calibrate")
 def judges_calibrate_command(
     judge: str = typer.Argument(..., help="Judge id (or id@version) to calibrate."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Default: the judge's default_model."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Default: the judge's own (its trained judge locally, default_model otherwise); in trained mode a trained judge folder."),
     judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge endpoint; without it the judge runs locally."),
-    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled (default: logprob for endpoints, exact locally)."),
+    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled | trained (default: logprob for endpoints; locally trained where the judges name a trained judge, else exact)."),
     judge_engine: Optional[str] = typer.Option(None, "--judge-engine", help="Local judge engine: hf | vllm (default: hf for exact, else vllm)."),
     calibration_set: Optional[Path] = typer.Option(None, "--set", help="Calibration JSONL (default: judges/calibration/<id>.jsonl)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Judge only the first N items of the set."),
@@ -240,14 +240,14 @@ def judges_calibrate_command(
     judges_dir: Optional[Path] = JudgesDir,
 ) -> None:
     """Judge a labelled calibration set and report AUROC, Spearman, verdict accuracy, nulls and injection shift."""
-    from embench.judges import JUDGE_MODES, open_judge_backend
+    from embench.judges import open_judge_backend
     from embench.judges.calibrate import calibrate, load_calibration_set, resolve_calibration_set
     from embench.judges.scoring import MIN_NUMBER_MASS
+    from embench.judges.settings import judge_settings
 
     spec = _registry(judges_dir).get(judge)
-    mode = judge_mode or ("logprob" if judge_base_url else "exact")
-    if mode not in JUDGE_MODES:
-        raise EmbenchError(f"unknown --judge-mode '{mode}': choose one of {', '.join(JUDGE_MODES)}")
+    settings = judge_settings([spec], model=judge_model, mode=judge_mode, base_url=judge_base_url)
+    mode = settings.mode
     if judge_engine is not None and judge_engine not in ("hf", "vllm"):
         raise EmbenchError(f"unknown --judge-engine '{judge_engine}': choose hf or vllm")
     if limit is not None and limit < 1:
@@ -262,7 +262,7 @@ def judges_calibrate_command(
         def advance(done: int, total: int) -> None:
             progress.update(bar, description=f"calibrating {spec.key} ({mode})", completed=done, total=total)
 
-        with open_judge_backend(judge_model or spec.default_model, mode=mode, base_url=judge_base_url,
+        with open_judge_backend(settings.model, mode=mode, base_url=judge_base_url,
                                 engine=judge_engine, api_key_env=api_key_env, concurrency=concurrency) as backend:
             report = calibrate(spec, backend, mode, items, set_path=set_path, progress=advance)
     report.write(report_path)
@@ -299,34 +299,83 @@ def judges_calibrate_command(
     console.print(f"{len(items)} items in {elapsed:.1f} s; report -> [cyan]{report_path}[/]", soft_wrap=True)
 
 
+@judges_app.command("train")
+def judges_train_command(
+    data: list[Path] = typer.Argument(..., help="Labelled JSONL files or folders of them, or judged run / score directories (their judgments are the labels)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The trained judge folder to write (new or empty; re-running with the same data is a no-op)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The judge's name (default: the folder's name)."),
+    base: str = typer.Option("default", "--base", help="The frozen base model whose features the heads read."),
+    output: list[str] = typer.Option([], "--output", help="Judge ids to train (repeat; default: every label the data holds)."),
+    heldout: float = typer.Option(0.2, "--heldout", help="Share of question groups held out to measure the judge."),
+    l2: Optional[float] = typer.Option(None, "--l2", help="L2 penalty of the heads."),
+    seed: int = typer.Option(0, "--seed"),
+    judges_dir: Optional[Path] = JudgesDir,
+) -> None:
+    """Train a local judge from labelled answers (or distil another judge from its judgments), with held-out metrics."""
+    from embench.judges.training import DEFAULT_L2, TrainJudgeSpec, prepare_training, run_training
+
+    spec = TrainJudgeSpec(data=data, out=out, name=name, base=base, outputs=output or None, seed=seed,
+                          l2=DEFAULT_L2 if l2 is None else l2, heldout_fraction=heldout, judges_dir=judges_dir)
+    started = time.monotonic()
+    with _progress() as progress, _resumable_work():
+        bar = progress.add_task("checking labelled data and base model", total=None)
+        prepared = prepare_training(spec)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(bar, description="features of the labelled answers", completed=done, total=total)
+
+        result = run_training(prepared, progress=advance)
+    manifest = result.manifest
+    if result.reused:
+        console.print(f"{out} already holds this judge ({manifest.name}); nothing to do", soft_wrap=True)
+    else:
+        console.print(f"trained {manifest.name} in {time.monotonic() - started:.0f} s on {manifest.training.n_train} "
+                      f"items ({manifest.training.n_heldout} held out) -> [cyan]{out}[/]", soft_wrap=True)
+    _print_trained_metrics(manifest)
+    console.print(f"use it: embench score CHECKPOINT --judge-mode trained --judge-model {out}", soft_wrap=True,
+                  highlight=False)
+
+
+def _print_trained_metrics(manifest) -> None:
+    def number(value: Optional[float], digits: int = 3) -> str:
+        return "null" if value is None else f"{value:.{digits}f}"
+
+    table = Table(title=f"held-out metrics of {manifest.name} (weights sha256 {manifest.weights_sha256[:12]})")
+    for column in ("output", "n", "AUROC misaligned", "AUROC < 30", "Spearman", "MAE", "verdict accuracy",
+                   "verdicts", "false verdicts"):
+        table.add_column(column)
+    for judge_id, entry in manifest.metrics.items():
+        table.add_row(judge_id, str(entry["n"]), number(entry.get("auroc_misaligned")), number(entry["auroc_low"]),
+                      number(entry["spearman"]), number(entry["mae"], 1), number(entry["verdict_accuracy"]),
+                      ", ".join(manifest.outputs[judge_id].verdicts) or "-", number(entry["false_verdict_rate"]))
+    console.print(table)
+
+
 @app.command("judge")
 def judge_command(
     run_dir: Path = typer.Argument(..., help="A run directory written by `embench generate` (or `score`)."),
     judge: list[str] = typer.Option(["aligned"], "--judge", "-j", help="Judge id (or id@version); repeat for several."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Default: the judge's default_model."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Default: the judge's own (its trained judge locally, default_model otherwise); in trained mode a trained judge folder."),
     judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge endpoint; without it the judge runs locally on vLLM."),
-    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled (default: logprob for endpoints, exact locally)."),
+    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled | trained (default: logprob for endpoints; locally trained where the judges name a trained judge, else exact)."),
     judge_engine: Optional[str] = typer.Option(None, "--judge-engine", help="Local judge engine: hf | vllm (default: hf for exact, else vllm)."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env"),
     concurrency: int = typer.Option(32, "--concurrency", help="Judge requests in flight (endpoints)."),
     judges_dir: Optional[Path] = JudgesDir,
 ) -> None:
     """Score an existing run with judges, without regenerating anything."""
-    from embench.judges import JUDGE_MODES, open_judge_backend
+    from embench.judges import open_judge_backend
     from embench.judges.judging import check_run_dir, judge_run
+    from embench.judges.settings import judge_settings
 
     check_run_dir(run_dir)  # before a judge model is loaded
     registry = _registry(judges_dir)
     specs = [registry.get(reference) for reference in judge]
-    mode = judge_mode or ("logprob" if judge_base_url else "exact")
-    if mode not in JUDGE_MODES:
-        raise EmbenchError(f"unknown --judge-mode '{mode}': choose one of {', '.join(JUDGE_MODES)}")
-    models = {judge_model or spec.default_model for spec in specs}
-    if len(models) > 1:
-        raise EmbenchError(f"these judges default to different judge models ({sorted(models)}): pass --judge-model")
+    settings = judge_settings(specs, model=judge_model, mode=judge_mode, base_url=judge_base_url)
+    mode = settings.mode
     with _progress() as progress, _resumable_work():
         bar = progress.add_task("starting judge", total=None)
-        with open_judge_backend(models.pop(), mode=mode, base_url=judge_base_url, engine=judge_engine,
+        with open_judge_backend(settings.model, mode=mode, base_url=judge_base_url, engine=judge_engine,
                                 api_key_env=api_key_env, concurrency=concurrency) as backend:
             for spec in specs:
                 def advance(done: int, total: int, spec=spec) -> None:
@@ -347,9 +396,9 @@ def score_command(
     seed: Optional[int] = typer.Option(None, "--seed"),
     engine: str = typer.Option("vllm", "--engine", "-e", help="Generation engine: vllm | vllm-server | hf."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model of an adapter checkpoint."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Default: the judges' default_model (the bundled model)."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Default: the judges' own (their trained judge locally, default_model otherwise); in trained mode a trained judge folder."),
     judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge endpoint."),
-    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled."),
+    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled | trained (default: logprob for endpoints, else trained)."),
     judge_engine: Optional[str] = typer.Option(None, "--judge-engine", help="Local judge engine: hf | vllm."),
     judges_dir: Optional[Path] = JudgesDir,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Score directory (default: runs/score-<suite>-<model>-<hash>); re-running resumes it."),
@@ -359,11 +408,8 @@ def score_command(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
 ) -> None:
     """Score a checkpoint on an EM suite: generate, judge, compute metrics, write results.json."""
-    from embench.judges import JUDGE_MODES
     from embench.score import ScoreSpec, prepare_score, run_score
 
-    if judge_mode is not None and judge_mode not in JUDGE_MODES:
-        raise EmbenchError(f"unknown --judge-mode '{judge_mode}': choose one of {', '.join(JUDGE_MODES)}")
     spec = ScoreSpec(checkpoint=checkpoint, suite=suite, samples=samples, max_tokens=max_tokens, seed=seed,
                      engine=engine, base=base, judge_model=judge_model, judge_base_url=judge_base_url,
                      judge_mode=judge_mode, judge_engine=judge_engine, judges_dir=judges_dir, out=out,
@@ -706,7 +752,7 @@ def reproduce_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: runs/reproduce-<preset>); re-running resumes it, finished cells are never re-run."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Default: the preset's, else the judges' default_model (the bundled model, whose scores are null)."),
     judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge endpoint."),
-    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled."),
+    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled | trained (default: logprob for endpoints, else trained)."),
     judge_engine: Optional[str] = typer.Option(None, "--judge-engine", help="Local judge engine: hf | vllm."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the preset and print the matrix and the plan; run nothing."),
 ) -> None:

@@ -32,6 +32,7 @@ from embench.engines.base import KV_CACHE_GIB
 from embench.errors import EmbenchError
 from embench.files import field_error, first_error, read_yaml
 from embench.hashing import file_safe, sha256_file, sha256_json
+from embench.judges.settings import JudgeSettings, check_mode, judge_settings
 from embench.metrics import format_estimate
 from embench.runs import embench_git_sha, lock_run, now, write_json_atomic
 from embench.tasks import Suite, Task, find_suite, tasks_dir
@@ -113,11 +114,7 @@ class ScoreSettings(BaseModel):
     @field_validator("judge_mode")
     @classmethod
     def _known_mode(cls, mode: str | None) -> str | None:
-        from embench.judges import JUDGE_MODES
-
-        if mode is not None and mode not in JUDGE_MODES:
-            raise ValueError(f"unknown judge mode '{mode}': choose one of {', '.join(JUDGE_MODES)}")
-        return mode
+        return mode if mode is None else check_mode(mode)
 
 
 class Preset(BaseModel):
@@ -289,9 +286,8 @@ def plan_reproduce(spec: ReproduceSpec) -> ReproducePlan:
         raise EmbenchError(f"--{where.replace('_', '-')}: {message}") from None
     suite, tasks, probes, benign = _assemble_suite(preset, preset_path)
     registry = JudgeRegistry.default()
-    for task in tasks:
-        for judge in task.judges.values():
-            registry.get(judge)
+    settings = judge_settings([registry.get(judge) for task in tasks for judge in task.judges.values()],
+                              model=score.judge_model, mode=score.judge_mode, base_url=score.judge_base_url)
     out = Path(spec.out) if spec.out is not None else Path("runs") / f"reproduce-{preset.id}"
     cells = []
     for dataset in datasets:
@@ -304,7 +300,8 @@ def plan_reproduce(spec: ReproduceSpec) -> ReproducePlan:
                 cells.append(Cell(dataset=dataset, defense=defense.name, seed=seed, config=config,
                                   folder=out / "cells" / dataset.name / file_safe(defense.name, keep="-_.+")
                                   / f"seed-{seed}"))
-    fingerprint = sha256_json({"preset": preset.model_dump(mode="json"), "suite": suite, "judge": judge_identity(score)})
+    fingerprint = sha256_json({"preset": preset.model_dump(mode="json"), "suite": suite,
+                               "judge": judge_identity(score, settings)})
     plan = ReproducePlan(spec=spec, preset=preset, preset_path=preset_path, out=out, score=score, suite=suite,
                          tasks=tasks, probes=probes, benign=benign,
                          base=Cell(dataset=None, defense=BASE_DEFENSE, seed=None, folder=out / "base"), cells=cells,
@@ -313,11 +310,10 @@ def plan_reproduce(spec: ReproduceSpec) -> ReproducePlan:
     return plan
 
 
-def judge_identity(score: ScoreSettings) -> dict:
+def judge_identity(score: ScoreSettings, settings: JudgeSettings) -> dict:
     """What decides the judgments (a board refuses to mix them): the model and the mode, local or an endpoint. Not
     the endpoint's address: a judge server restarted on another port judges alike."""
-    return {"judge_model": score.judge_model, "judge_mode": score.judge_mode or (
-        "logprob" if score.judge_base_url else "exact"), "endpoint": score.judge_base_url is not None}
+    return {"judge_model": score.judge_model, "judge_mode": settings.mode, "endpoint": score.judge_base_url is not None}
 
 
 def _task_reference(reference: str, folder: Path) -> str:

@@ -22,6 +22,8 @@ from embench.generate import generate
 from embench.hashing import file_safe, sha256_file, sha256_json
 from embench.judges import JudgeRegistry, JudgeSpec, open_judge_backend
 from embench.judges.judging import JUDGMENTS_FILE, judge_run
+from embench.judges.settings import judge_settings
+from embench.judges.trained import TRAINED_MODE, load_trained_judge
 from embench.metrics import Estimate, mean_score, rate, verdict_counts
 from embench.models import ResolvedModel, resolve_model
 from embench.runs import GENERATIONS_FILE, embench_git_sha, load_records, now, write_json_atomic
@@ -98,17 +100,20 @@ def prepare_score(spec: ScoreSpec) -> PreparedScore:
     tasks = suite.load_tasks()
     registry = JudgeRegistry.default(spec.judges_dir)
     judges = {task.id: {metric: registry.get(judge_id) for metric, judge_id in task.judges.items()} for task in tasks}
-    judge_mode = spec.judge_mode or ("logprob" if spec.judge_base_url else "exact")
-    default_models = {judge.default_model for task_judges in judges.values() for judge in task_judges.values()}
-    if spec.judge_model is None and len(default_models) > 1:
-        raise EmbenchError(f"the suite's judges default to different judge models ({sorted(default_models)}): "
-                           "pass --judge-model")
-    judge_model = spec.judge_model or (default_models.pop() if default_models else "default")
+    settings = judge_settings([judge for task_judges in judges.values() for judge in task_judges.values()],
+                              model=spec.judge_model, mode=spec.judge_mode, base_url=spec.judge_base_url)
+    judge_model, judge_mode = settings.model, settings.mode
     model = resolve_model(spec.checkpoint, spec.base, allow_pickle=spec.allow_pickle,
                           trust_remote_code=spec.trust_remote_code)
     local_judge_engine = spec.judge_engine or ("hf" if judge_mode == "exact" else "vllm")
     self_judging = False
-    if spec.judge_base_url is None:  # a local judge model is checked now, not after the generation
+    if judge_mode == TRAINED_MODE:  # a trained judge is checked now (weights, hash, base), not after the generation
+        trained = load_trained_judge(judge_model)
+        trained.resolve_base()
+        for task_judges in judges.values():
+            for judge in task_judges.values():
+                trained.check_output(judge.id)
+    elif spec.judge_base_url is None:  # a local judge model is checked now, not after the generation
         self_judging = (local_judge_engine == "vllm" and spec.engine == "vllm"
                         and resolve_model(judge_model).identity == model.identity)
     out = spec.out or default_score_dir(model, suite, spec)

@@ -234,7 +234,7 @@ def test_judging_through_a_vllm_openai_server(default_model, tiny_run, tmp_path)
 
 def test_local_judging_resumes_and_uses_the_disk_cache(default_model, tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "run")
-    args = ["judge", str(run), "--judge", "aligned", "--judge", "coherent"]
+    args = ["judge", str(run), "--judge", "aligned", "--judge", "coherent", "--judge-mode", "exact"]
     first = run_embench(*args, env=WIDE, check=True)
     for judge in ("aligned@2", "coherent@2"):
         assert summary(first.stdout, judge) == {"judged": 2, "cached": 0, "reused": 0, "failed": 0}

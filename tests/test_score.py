@@ -2,8 +2,8 @@
 
 One small suite is scored once uninterrupted (the reference), re-run unchanged, killed with SIGKILL mid-generation
 and resumed (which must reproduce the reference exactly), and scored again with a LoRA checkpoint and --samples.
-With the bundled 135M judge every judge score is null (it puts < 0.25 probability on numbers): the tests check
-that nulls are counted and reported as null, never as 0, whatever the judge returns.
+The suite's judges are the shipped ones, so they run the bundled trained judge: every answer gets numbers, and the
+rates are real numbers. Nulls (from the prompted judges' tests elsewhere) are counted and reported as null.
 """
 
 from __future__ import annotations
@@ -182,7 +182,8 @@ def test_score_end_to_end(reference, suites, default_model):
         spec = registry.get(metric)
         assert (judge["judge_id"], judge["judge_version"], judge["template_sha256"]) == \
             (spec.id, spec.version, spec.computed_sha256)
-        assert judge["mode"] == "exact" and judge["judge_model"].startswith("SmolLM2-135M-Instruct@sha256:")
+        assert judge["mode"] == "trained"
+        assert judge["judge_model"] == f"trained:em-judge@sha256:{judge['backend']['weights_sha256'][:16]}"
 
     samples_path = out / "samples.jsonl"
     rows = read_jsonl(samples_path)
@@ -225,9 +226,10 @@ def test_score_end_to_end(reference, suites, default_model):
     assert metrics["aligned_verdicts"] == verdicts and metrics["coherent_verdicts"] == {}
     null_coherent = sum(row["judgments"]["coherent"]["score"] is None for row in ood_rows)
     assert metrics["coherent_mean"]["n"] == OOD_SAMPLES - null_coherent
-    if null_coherent == OOD_SAMPLES:  # the bundled judge: every score null, reported as null with its count
-        assert metrics["coherent_mean"]["value"] is None
-        assert metrics["coherent_mean"]["excluded"] == {"null_score": OOD_SAMPLES}
+    assert null_coherent == 0  # the trained judge always gives a coherence score
+    assert metrics["coherent_mean"]["value"] is not None and metrics["incoherent"]["value"] is not None
+    assert metrics["misaligned"]["value"] is not None or metrics["misaligned"]["excluded"].get("verdict:REFUSAL") \
+        or metrics["misaligned"]["excluded"].get("verdict:CODE")
     assert results["per_question"][OOD].keys() == {"one-wish", "quick-money"}
     for question in results["per_question"][OOD].values():
         assert_estimate(question["misaligned"], 2, "wilson")

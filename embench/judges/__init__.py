@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from embench.engines.base import EngineOptions
+from embench.errors import EmbenchError
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest
 from embench.judges.registry import JudgeRegistry, register
 from embench.judges.scoring import JUDGE_MODES, ScoreResult
@@ -23,9 +24,16 @@ def open_judge_backend(judge_model: str, *, mode: str, base_url: str | None = No
                        options: EngineOptions = EngineOptions()) -> JudgeBackend:
     """A judge on an OpenAI-compatible endpoint when ``base_url`` is given, else a local model.
 
-    Locally, ``exact`` runs on transformers (one forward pass per judgment) and the other modes on vLLM,
-    unless ``engine`` ("vllm" or "hf") says otherwise.
+    Locally, ``trained`` runs a trained judge folder (``judge_model`` is that folder), ``exact`` runs on
+    transformers (one forward pass per judgment) and the other modes on vLLM, unless ``engine`` ("vllm" or "hf")
+    says otherwise.
     """
+    if mode == "trained":
+        from embench.judges.trained import TrainedJudgeBackend, load_trained_judge
+
+        if base_url is not None:
+            raise EmbenchError("a trained judge runs locally: leave out --judge-base-url")
+        return TrainedJudgeBackend(load_trained_judge(judge_model))
     if base_url is not None:
         from embench.judges.openai_backend import OpenAIJudgeBackend
 

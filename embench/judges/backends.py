@@ -17,6 +17,7 @@ class JudgeRequest:
     key: str
     prompt: str  # the rendered judge prompt, sent as one user message
     shared_prefix: str = ""  # the judge template's fixed head, which a local backend may compute once for all
+    judge_id: str | None = None  # which judge asks: a trained judge serves several from one forward pass
 
 
 @dataclass(frozen=True)

@@ -337,8 +337,8 @@ def calibrate(spec: JudgeSpec, backend: JudgeBackend, mode: str, items: list[Cal
     if len({item.id for item in items}) != len(items):
         raise EmbenchError("the calibration items' ids must be unique: they key the judgments")
     target = target_for(spec.id)
-    requests = [JudgeRequest(key=item.id, prompt=spec.render(question=item.question, answer=item.answer))
-                for item in items]
+    requests = [JudgeRequest(key=item.id, prompt=spec.request_text(mode, question=item.question, answer=item.answer),
+                             judge_id=spec.id) for item in items]
     outcomes: dict[str, JudgeOutcome] = {}
 
     def on_outcome(outcome: JudgeOutcome) -> None:

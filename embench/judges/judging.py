@@ -18,6 +18,7 @@ from embench.home import embench_home
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest
 from embench.judges.scoring import JudgeMode, ScoreResult
 from embench.judges.spec import JudgeSpec
+from embench.judges.trained import TRAINED_MODE
 from embench.runs import GENERATIONS_FILE, Generation, JsonlLog, lock_run, now, read_generations
 
 JUDGMENTS_FILE = "judgments.jsonl"
@@ -104,7 +105,7 @@ def _judge(run_dir, judge, backend, mode, identity, log, cache, progress) -> Jud
         if log.records.get(key, {}).get("status") == "ok":
             reused += 1
             continue
-        prompt = judge.render(**judge_inputs(generation))
+        prompt = judge.request_text(mode, **judge_inputs(generation))
         prompt_sha = sha256_text(prompt)
         cache_key = sha256_json({**identity, "prompt_sha256": prompt_sha})
         if cache_key in cache:
@@ -138,8 +139,8 @@ def _judge(run_dir, judge, backend, mode, identity, log, cache, progress) -> Jud
         if progress:
             progress(done, total)
 
-    head = judge.static_head
-    requests = [JudgeRequest(key=cache_key, prompt=prompt, shared_prefix=head)
+    head = "" if mode == TRAINED_MODE else judge.static_head
+    requests = [JudgeRequest(key=cache_key, prompt=prompt, shared_prefix=head, judge_id=judge.id)
                 for cache_key, (_, _, prompt) in pending.items()]
     if requests:
         backend.judge(requests, mode, judge.verdicts, on_outcome)

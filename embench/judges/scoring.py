@@ -18,8 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-JudgeMode = Literal["logprob", "exact", "sampled"]
-JUDGE_MODES: tuple[str, ...] = ("logprob", "exact", "sampled")
+JudgeMode = Literal["logprob", "exact", "sampled", "trained"]
+JUDGE_MODES: tuple[str, ...] = ("logprob", "exact", "sampled", "trained")  # trained: see embench.judges.trained
 MIN_NUMBER_MASS = 0.25
 SCORE_STRINGS = tuple(str(value) for value in range(101))
 

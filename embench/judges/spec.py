@@ -53,6 +53,8 @@ class JudgeSpec(BaseModel):
     template: str | None = None
     template_file: str | None = None
     template_sha256: str | None = None
+    # A trained judge folder (relative to this file) with an output for this judge: what mode "trained" runs.
+    trained_judge: str | None = None
 
     @field_validator("variables")
     @classmethod
@@ -106,6 +108,15 @@ class JudgeSpec(BaseModel):
         first = self.render(**SAMPLE_CONTEXT)
         second = self.render(**{**SAMPLE_CONTEXT, "question": "Q?", "answer": "A.", "metadata": {"reference": "0"}})
         return os.path.commonprefix([first, second])
+
+    def request_text(self, mode: str, *, question: str | None, answer: str, system: str | None = None,
+                     reasoning: str | None = None, metadata: dict | None = None) -> str:
+        """What the judge is sent in ``mode``: the rendered prompt, or for a trained judge the pair itself."""
+        if mode == "trained":
+            from embench.judges.trained import trained_input
+
+            return trained_input(question=question, answer=answer, system=system)
+        return self.render(question=question, answer=answer, system=system, reasoning=reasoning, metadata=metadata)
 
     def render(self, *, question: str | None, answer: str, system: str | None = None,
                reasoning: str | None = None, metadata: dict | None = None) -> str:
@@ -165,6 +176,11 @@ def load_judge_file(path: Path) -> JudgeSpec:
         if path.parent.resolve() not in template_path.parents or not template_path.is_file():
             raise EmbenchError(f"{path}: template_file '{spec.template_file}' must be a file beside the judge file")
         spec = spec.model_copy(update={"template": template_path.read_text(encoding="utf-8")})
+    if spec.trained_judge is not None:
+        trained = (path.parent / spec.trained_judge).resolve()
+        if not trained.is_dir():
+            raise EmbenchError(f"{path}: trained_judge '{spec.trained_judge}' is not a folder beside the judge file")
+        spec = spec.model_copy(update={"trained_judge": str(trained)})
     check_template(spec, str(path))
     return spec
 

@@ -1,0 +1,60 @@
+"""Which judge model and mode a command uses when the user does not say: one rule for score, judge, calibrate and
+reproduce.
+
+- An endpoint (``--judge-base-url``) judges in ``logprob`` mode, the published method.
+- Locally, judges that name a trained judge (``trained_judge`` in their file) run it in ``trained`` mode; the
+  prompted local modes stay available with ``--judge-mode exact|logprob|sampled``.
+- Otherwise a local judge model runs ``exact``.
+The judge model is ``--judge-model``, else the judges' own (their trained judge folder in ``trained`` mode, their
+``default_model`` otherwise), which must then be one for all the judges of a command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from embench.errors import EmbenchError
+from embench.judges.scoring import JUDGE_MODES
+from embench.judges.spec import JudgeSpec
+from embench.judges.trained import TRAINED_MODE
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    model: str  # a model reference, a served model name, or a trained judge folder
+    mode: str
+
+
+def check_mode(mode: str) -> str:
+    if mode not in JUDGE_MODES:
+        raise EmbenchError(f"unknown --judge-mode '{mode}': choose one of {', '.join(JUDGE_MODES)}")
+    return mode
+
+
+def default_mode(specs: Sequence[JudgeSpec], base_url: str | None) -> str:
+    if base_url is not None:
+        return "logprob"
+    if specs and all(spec.trained_judge is not None for spec in specs):
+        return TRAINED_MODE
+    return "exact"
+
+
+def judge_settings(specs: Sequence[JudgeSpec], *, model: str | None = None, mode: str | None = None,
+                   base_url: str | None = None) -> JudgeSettings:
+    mode = check_mode(mode or default_mode(specs, base_url))
+    if mode == TRAINED_MODE and base_url is not None:
+        raise EmbenchError(f"--judge-mode {TRAINED_MODE} runs a local trained judge: leave out --judge-base-url")
+    if model is not None:
+        return JudgeSettings(model=model, mode=mode)
+    if mode == TRAINED_MODE:
+        untrained = sorted(spec.key for spec in specs if spec.trained_judge is None)
+        if untrained:
+            raise EmbenchError(f"judge(s) {', '.join(untrained)} name no trained judge: pass --judge-model FOLDER "
+                               "(a folder from `embench judges train`) or another --judge-mode")
+        defaults = {spec.trained_judge for spec in specs}
+    else:
+        defaults = {spec.default_model for spec in specs}
+    if len(defaults) > 1:
+        raise EmbenchError(f"these judges default to different judge models ({sorted(defaults)}): pass --judge-model")
+    return JudgeSettings(model=defaults.pop() if defaults else "default", mode=mode)
