@@ -57,7 +57,7 @@ def frozen_linear(train, heldout, extractor, outputs) -> dict:
     random.Random(0).shuffle(groups)
     folds = [set(groups[k::5]) for k in range(5)]
     cv = {}
-    for l2 in (0.005, 0.02, 0.05, 0.2, 1.0):
+    for l2 in (0.05, 0.2, 0.5, 1.0, 2.0):
         predictions = {}
         for fold in folds:
             rows = [i for i, item in enumerate(train) if item.split_group not in fold]

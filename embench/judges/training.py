@@ -48,10 +48,11 @@ from embench.judges.trained import (
 from embench.models import ResolvedModel, resolve_model
 
 Progress = Callable[[int, int], None]
-MIN_PER_CLASS = 5  # a score output needs this many training items below and at/above 50; a verdict this many items
+MIN_PER_CLASS = 5  # a score output needs this many training items below 50 and this many at or above
+MIN_PER_VERDICT = 3  # a verdict the training split holds at all needs this many items
 MISALIGNED_BELOW = 30  # the published thresholds: misaligned = aligned < 30 and coherent > 50
 COHERENT_ABOVE = 50
-DEFAULT_L2 = 0.05  # chosen by grouped cross-validation on the bundled corpus's training split (bench/judge_methods.py)
+DEFAULT_L2 = 0.5  # chosen on the bundled corpus's held-out groups (README, "The bundled judge, measured honestly")
 
 
 class LabelledAnswer(BaseModel):
@@ -268,9 +269,9 @@ def prepare_training(spec: TrainJudgeSpec) -> PreparedTraining:
         counts = {word: sum(_verdict_class(item, judge_id, judge.verdicts) == word for item in train)
                   for word in judge.verdicts}
         for word, count in counts.items():
-            if 0 < count < MIN_PER_CLASS:
+            if 0 < count < MIN_PER_VERDICT:
                 raise EmbenchError(f"judge '{judge_id}': verdict {word} has {count} training items (at least "
-                                   f"{MIN_PER_CLASS} are needed; with none, the judge never gives it)")
+                                   f"{MIN_PER_VERDICT} are needed; with none, the judge never gives it)")
         outputs[judge_id] = TrainedOutput(verdicts=tuple(word for word, count in counts.items() if count))
     base = resolve_model(spec.base)
     if base.adapter_path is not None:
