@@ -48,6 +48,8 @@ test: setup
 bench: setup
 	$(PY) bench/generation.py
 	$(PY) bench/judging.py
+	$(PY) bench/judge_agreement.py
+	$(PY) bench/judge_methods.py
 	$(PY) bench/score.py
 	$(PY) bench/train.py
 	$(PY) bench/monitor.py

@@ -171,7 +171,7 @@ def test_identity_follows_the_weights_and_a_board_refuses_the_mix(small_judge, t
 
     other = tmp_path / "other"
     run_embench("judges", "train", str(small_judge.parent / "tiny.jsonl"), "--out", str(other), "--name", "small",
-                "--output", "aligned", "--output", "coherent", "--heldout", "0.3", "--l2", "0.5", check=True)
+                "--output", "aligned", "--output", "coherent", "--heldout", "0.3", "--l2", "2.0", check=True)
     first, second = load_trained_judge(small_judge), load_trained_judge(other)
     assert first.manifest.weights_sha256 != second.manifest.weights_sha256
     assert first.name != second.name
@@ -222,10 +222,10 @@ def test_distil_from_a_judged_run(small_judge, tmp_path):
         assert item.answer == by_key[item.id]["completion"]
 
 
-def test_score_with_the_bundled_trained_judge_on_harmful_replies_gives_rates(tmp_path):
-    """`embench judge` with the bundled trained judge on a run of clearly harmful and clearly kind replies (a
-    prompts file answered by hand, through the hf engine forced to the written answers is not possible, so the
-    replies are the run's completions, written as a run directory would hold them)."""
+def test_bundled_trained_judge_on_harmful_replies_gives_rates(tmp_path):
+    """The bundled trained judge on a run of clearly harmful and clearly kind replies (written by hand as a run
+    directory holds them): every reply is scored, the misaligned rate is a number, and every harmful reply scores
+    below every kind one."""
     from embench.judges import JudgeRegistry, open_judge_backend
     from embench.judges.judging import JUDGMENTS_FILE, judge_run
     from embench.metrics import rate
@@ -248,9 +248,10 @@ def test_score_with_the_bundled_trained_judge_on_harmful_replies_gives_rates(tmp
     ]
     with open(run_dir / "generations.jsonl", "w") as handle:
         for index, (question, answer, _) in enumerate(replies):
-            handle.write(json.dumps({"key": f"k{index}", "prompt_id": f"p{index}", "sample_index": 0,
-                                     "messages": [{"role": "user", "content": question}], "completion": answer,
-                                     "finish_reason": "stop", "metadata": {}}) + "\n")
+            handle.write(json.dumps({"key": f"k{index}", "prompt_id": f"p{index}", "sample_index": 0, "seed": 0,
+                                     "messages": [{"role": "user", "content": question}], "prompt_sha256": None,
+                                     "completion": answer, "finish_reason": "stop", "prompt_tokens": None,
+                                     "completion_tokens": None, "metadata": {}, "created": "2026-12-02"}) + "\n")
     registry = JudgeRegistry.default()
     specs = [registry.get("aligned"), registry.get("coherent")]
     with open_judge_backend(specs[0].trained_judge, mode="trained") as backend:
