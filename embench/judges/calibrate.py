@@ -12,17 +12,16 @@ compared with, and which items count as the positive and negative classes of its
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from embench.errors import EmbenchError
-from embench.files import first_error
+from embench.files import read_jsonl_models
 from embench.hashing import sha256_file, sha256_json
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest
 from embench.judges.registry import project_judges_dir
@@ -114,25 +113,11 @@ def load_calibration_set(path: Path) -> list[CalibrationItem]:
         raise EmbenchError(f"calibration set {path} does not exist")
     items: list[CalibrationItem] = []
     lines: dict[str, int] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EmbenchError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(data, dict):
-                raise EmbenchError(f"{path}:{number}: each line must be a JSON object (id, category, question, ...)")
-            try:
-                item = CalibrationItem.model_validate(data)
-            except ValidationError as exc:
-                field, message = first_error(exc)
-                raise EmbenchError(f"{path}:{number}: field '{field or '(line)'}': {message}") from None
-            if item.id in lines:
-                raise EmbenchError(f"{path}:{number}: duplicate id '{item.id}' (first on line {lines[item.id]})")
-            lines[item.id] = number
-            items.append(item)
+    for number, item in read_jsonl_models(path, CalibrationItem, "id, category, question, ..."):
+        if item.id in lines:
+            raise EmbenchError(f"{path}:{number}: duplicate id '{item.id}' (first on line {lines[item.id]})")
+        lines[item.id] = number
+        items.append(item)
     if not items:
         raise EmbenchError(f"{path}: the calibration set is empty")
     for item in items:

@@ -32,12 +32,11 @@ from embench.files import first_error
 from embench.hashing import canonical_json, sha256_file
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest, OutcomeCallback
 from embench.judges.scoring import MIN_NUMBER_MASS, ScoreResult
-from embench.models import ResolvedModel, resolve_model
+from embench.models import PICKLE_SUFFIXES, ResolvedModel, resolve_model
 
 TRAINED_MODE = "trained"
 MANIFEST_FILE = "judge.json"
 WEIGHTS_FILE = "weights.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 NUMBER_CLASS = "NUMBER"  # the verdict head's class for "the judge gives a number"
 
 

@@ -25,11 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import embench
 from embench.errors import EmbenchError
-from embench.files import first_error
+from embench.files import read_jsonl_models
 from embench.hashing import sha256_file, sha256_json
 from embench.judges.calibrate import auroc, spearman
 from embench.judges.trained import (
@@ -102,26 +102,7 @@ def is_heldout(group: str, fraction: float) -> bool:
 
 def load_labelled_file(path: Path) -> list[LabelledAnswer]:
     """A labelled JSONL file; every problem is one line naming the file and line."""
-    items = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise EmbenchError(f"{path}: not UTF-8 text: a labelled file is JSON Lines") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EmbenchError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(data, dict):
-            raise EmbenchError(f"{path}:{number}: each line must be a JSON object (id, question, answer, labels)")
-        try:
-            items.append(LabelledAnswer.model_validate(data))
-        except ValidationError as exc:
-            where, message = first_error(exc)
-            raise EmbenchError(f"{path}:{number}: field '{where or '(line)'}': {message}") from None
-    return items
+    return [item for _, item in read_jsonl_models(path, LabelledAnswer, "id, question, answer, labels")]
 
 
 def labels_from_run(folder: Path) -> list[LabelledAnswer]:
