@@ -376,7 +376,7 @@ def test_a_judgment_failing_every_retry_is_recorded_and_only_it_is_retried(tiny_
 def test_judge_on_a_folder_without_generations(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run_embench("judge", str(empty))  # the default: a local exact judge
+    result = run_embench("judge", str(empty))  # the default: the bundled trained judge
     assert_one_line_error(result, str(empty), "not a run directory", "embench generate")
     assert list(empty.iterdir()) == []
     missing = tmp_path / "missing"

@@ -2,8 +2,9 @@
 reproduce.
 
 - An endpoint (``--judge-base-url``) judges in ``logprob`` mode, the published method.
-- Locally, judges that name a trained judge (``trained_judge`` in their file) run it in ``trained`` mode; the
-  prompted local modes stay available with ``--judge-mode exact|logprob|sampled``.
+- Locally, ``--judge-model`` naming a trained judge folder runs ``trained``, naming a model runs ``exact``.
+- Without ``--judge-model``, judges that name a trained judge (``trained_judge`` in their file) run it in
+  ``trained`` mode; the prompted local modes stay available with ``--judge-mode exact|logprob|sampled``.
 - Otherwise a local judge model runs ``exact``.
 The judge model is ``--judge-model``, else the judges' own (their trained judge folder in ``trained`` mode, their
 ``default_model`` otherwise), which must then be one for all the judges of a command.
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from embench.errors import EmbenchError
 from embench.judges.scoring import JUDGE_MODES
 from embench.judges.spec import JudgeSpec
-from embench.judges.trained import TRAINED_MODE
+from embench.judges.trained import MANIFEST_FILE, TRAINED_MODE
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,11 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def default_mode(specs: Sequence[JudgeSpec], base_url: str | None) -> str:
+def default_mode(specs: Sequence[JudgeSpec], base_url: str | None, model: str | None = None) -> str:
     if base_url is not None:
         return "logprob"
+    if model is not None:  # a named local judge: a trained judge folder runs trained, a model runs exact
+        return TRAINED_MODE if (Path(model).expanduser() / MANIFEST_FILE).is_file() else "exact"
     if specs and all(spec.trained_judge is not None for spec in specs):
         return TRAINED_MODE
     return "exact"
@@ -42,7 +46,7 @@ def default_mode(specs: Sequence[JudgeSpec], base_url: str | None) -> str:
 
 def judge_settings(specs: Sequence[JudgeSpec], *, model: str | None = None, mode: str | None = None,
                    base_url: str | None = None) -> JudgeSettings:
-    mode = check_mode(mode or default_mode(specs, base_url))
+    mode = check_mode(mode or default_mode(specs, base_url, model))
     if mode == TRAINED_MODE and base_url is not None:
         raise EmbenchError(f"--judge-mode {TRAINED_MODE} runs a local trained judge: leave out --judge-base-url")
     if model is not None:
