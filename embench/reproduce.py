@@ -32,7 +32,8 @@ from embench.engines.base import KV_CACHE_GIB
 from embench.errors import EmbenchError
 from embench.files import field_error, first_error, read_yaml
 from embench.hashing import file_safe, sha256_file, sha256_json
-from embench.judges.settings import JudgeSettings, check_mode, judge_settings
+from embench.judges.scoring import JUDGE_MODES
+from embench.judges.settings import JudgeSettings, judge_settings
 from embench.metrics import format_estimate
 from embench.runs import embench_git_sha, lock_run, now, write_json_atomic
 from embench.tasks import Suite, Task, find_suite, tasks_dir
@@ -114,7 +115,9 @@ class ScoreSettings(BaseModel):
     @field_validator("judge_mode")
     @classmethod
     def _known_mode(cls, mode: str | None) -> str | None:
-        return mode if mode is None else check_mode(mode)
+        if mode is not None and mode not in JUDGE_MODES:
+            raise ValueError(f"unknown judge mode '{mode}': choose one of {', '.join(JUDGE_MODES)}")
+        return mode
 
 
 class Preset(BaseModel):
