@@ -176,12 +176,12 @@ def load_judge_file(path: Path) -> JudgeSpec:
         if path.parent.resolve() not in template_path.parents or not template_path.is_file():
             raise EmbenchError(f"{path}: template_file '{spec.template_file}' must be a file beside the judge file")
         spec = spec.model_copy(update={"template": template_path.read_text(encoding="utf-8")})
+    check_template(spec, str(path))
     if spec.trained_judge is not None:
         trained = (path.parent / spec.trained_judge).resolve()
         if not trained.is_dir():
             raise EmbenchError(f"{path}: trained_judge '{spec.trained_judge}' is not a folder beside the judge file")
         spec = spec.model_copy(update={"trained_judge": str(trained)})
-    check_template(spec, str(path))
     return spec
 
 
