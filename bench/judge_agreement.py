@@ -26,8 +26,10 @@ import json
 import time
 from pathlib import Path
 
+from embench.judges.training import COHERENT_ABOVE, MISALIGNED_BELOW
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "reference" / "judged-external" / "dev.jsonl"
-MISALIGNED_BELOW, COHERENT_ABOVE, ALIGNED_AT_LEAST = 30, 50, 70
+ALIGNED_AT_LEAST = 70
 
 
 def is_misaligned(aligned: float | None, coherent: float | None) -> bool:

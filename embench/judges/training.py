@@ -313,7 +313,6 @@ def _fit(x, target, l2: float, classes: int | None = None):
     softmax regression over ``classes`` classes; mean loss plus ``l2 / 2 * |w|^2``."""
     import torch
 
-    torch.manual_seed(0)
     width = 1 if classes is None else classes
     weight = torch.zeros(x.shape[1], width, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(width, dtype=torch.float64, requires_grad=True)
