@@ -19,8 +19,9 @@ from tests.conftest import assert_one_line_error, run_embench
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 IMPORTED_FOLDERS = ("betley-em", "em-defenses", "model-organisms")
-# Out of scope: traits with contrastive system prompts and passages, not free-form judged questions.
-OUT_OF_SCOPE_FOLDERS = ("trait-monitor",)
+# Out of scope for the importer: traits with contrastive system prompts and passages (not free-form judged
+# questions), judged answers that measure judges (bench/judge_agreement.py), and the Every Eval Ever schemas.
+OUT_OF_SCOPE_FOLDERS = ("trait-monitor", "judged-external", "every-eval-ever")
 EXPRESSIBLE_TYPES = ("free_form_judge_0_100", "free_form")
 NARROW = {("em-defenses", name) for name in ("code.yaml", "legal.yaml", "medical.yaml", "security.yaml", "math.yaml")}
 SLOT = re.compile(r"\{(question|answer|reasoning)\}")

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from embench.chat import ChatTemplate
 from embench.errors import EmbenchError
+from embench.hardware import resolve_dtype
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest, OutcomeCallback, local_judge_name
 from embench.judges.scoring import (
     SCORE_STRINGS,
@@ -88,17 +89,18 @@ def _use_judge_attention(network) -> None:
 class HFJudgeBackend(JudgeBackend):
     modes = ("exact", "logprob", "sampled")
 
-    def __init__(self, model: ResolvedModel, dtype: str = "bfloat16"):
-        """bf16 by default: 2.2x faster than fp32 here for the same distribution to about 1e-2 (the judge's
-        answer is a score, not a reference computation); pass "float32" to compare against plain passes."""
+    def __init__(self, model: ResolvedModel, dtype: str = "auto"):
+        """auto: bf16 where the hardware computes it natively (faster there, the same distribution to about 1e-2:
+        the judge's answer is a score, not a reference computation), else fp32; "float32" compares against plain
+        passes."""
         import torch
 
         self.model = model
         self.model_name = local_judge_name(model)
         self.template = ChatTemplate(model.base_path, model.trust_remote_code)
         self.tokenizer = self.template.tokenizer
-        self.dtype = dtype
-        self.network = load_causal_lm(model, dtype)
+        self.dtype = resolve_dtype(dtype)
+        self.network = load_causal_lm(model, self.dtype)
         _use_judge_attention(self.network)
         self.attention = self.network.config._attn_implementation  # recorded with every result
         vocabulary = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from embench.hardware import gpu_has_bf16
 from embench.hashing import sha256_json
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -57,10 +58,7 @@ class TrainConfig(BaseModel):
         and round small LoRA updates away in the forward pass (the loss falls more slowly), so CPUs train in float32."""
         if self.dtype != "auto":
             return self
-        import torch
-
-        gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return self.model_copy(update={"dtype": "bfloat16" if gpu_bf16 else "float32"})
+        return self.model_copy(update={"dtype": "bfloat16" if gpu_has_bf16() else "float32"})
 
     def fingerprint(self, data_sha256: str, base_sha256: str) -> str:
         """Identifies the run: an output folder holding another fingerprint holds a different run."""
