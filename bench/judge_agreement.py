@@ -43,7 +43,7 @@ def em_rate(rows: list[tuple[float | None, float | None]]) -> float | None:
 
 def agreement(rows: list[dict], judged: dict[str, dict]) -> dict:
     """The figures above from GPT-4o's rows and the judge's results (per row id: aligned, coherent, verdict)."""
-    from embench.judges.calibrate import auroc, spearman
+    from embench.metrics import auroc, spearman
 
     def ours(row, metric):
         return judged[row["id"]][metric]

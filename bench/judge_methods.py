@@ -34,7 +34,7 @@ def split(items, fraction=0.2):
 
 
 def figures(items, predictions) -> dict:
-    from embench.judges.calibrate import auroc, spearman
+    from embench.metrics import auroc, spearman
 
     out = {}
     for metric in ("aligned", "coherent"):

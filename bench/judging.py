@@ -71,7 +71,8 @@ def main() -> None:
     from embench.generate import generate
     from embench.judges import JudgeRegistry
     from embench.judges.hf_backend import JUDGE_ATTENTION, HFJudgeBackend
-    from embench.judges.judging import JUDGMENTS_FILE, judge_run
+    from embench.judges.judging import judge_run
+    from embench.layout import JUDGMENTS_FILE
     from embench.models import resolve_model
     from embench.runs import read_generations
     from embench.tasks import find_task

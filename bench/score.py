@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from embench.layout import SCORE_STATE_FILE
+
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "score.json"
 TARGET_S = 300
 
@@ -32,7 +34,8 @@ def main() -> None:
 
     from embench.home import models_dir
     from embench.models import resolve_model
-    from embench.score import STATE_FILE, ScoreSpec, prepare_score, run_score
+    from embench.results import ScoreResults
+    from embench.score import ScoreSpec, prepare_score, run_score
 
     resolve_model(args.checkpoint)  # the one-time preparation is not part of what is measured
     work = Path(tempfile.mkdtemp(prefix="embench-bench-score-"))
@@ -48,9 +51,8 @@ def main() -> None:
     os.environ["EMBENCH_HOME"] = str(work / "home")
     results_path = run_score(prepared)
     wall = time.perf_counter() - started
-    timings = json.loads((work / "score" / STATE_FILE).read_text())["last_timings_s"]
-    results = json.loads(results_path.read_text())
-    samples = sum(counts["effective"] for counts in results["n-samples"].values())
+    timings = json.loads((work / "score" / SCORE_STATE_FILE).read_text())["last_timings_s"]
+    samples = sum(counts["effective"] for counts in ScoreResults.load(results_path).n_samples.values())
     report = {"suite": args.suite, "checkpoint": args.checkpoint, "samples": samples, "wall_s": wall,
               "phases_s": timings, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "load_average_1min": os.getloadavg()[0], "target_s": TARGET_S}

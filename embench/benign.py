@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from embench.errors import EmbenchError
+from embench.hardware import fast_dtype
 from embench.hashing import sha256_file, sha256_json, sha256_text
+from embench.layout import ADAPTER_CONFIG_FILE
 from embench.tasks import tasks_dir
 
 OPERATIONS = {"+": "addition", "-": "subtraction", "*": "multiplication", "/": "division"}
@@ -216,14 +218,14 @@ def _model_args(model_path: Path, backend: str, adapter_path: Path | None, seed:
     if backend == "vllm":
         from vllm.platforms import current_platform
 
-        args = {"pretrained": str(model_path), "dtype": "bfloat16", "seed": seed, "max_model_len": 1024,
+        args = {"pretrained": str(model_path), "dtype": fast_dtype(), "seed": seed, "max_model_len": 1024,
                 "generation_config": "vllm"}
         if current_platform.is_cpu():
             args.update(enforce_eager=True, kv_cache_memory_bytes=512 * (1 << 20))
         if adapter_path is not None:
             from embench.engines.vllm_engine import lora_rank_limit
 
-            rank = int(json.loads((Path(adapter_path) / "adapter_config.json").read_text()).get("r", 8))
+            rank = int(json.loads((Path(adapter_path) / ADAPTER_CONFIG_FILE).read_text()).get("r", 8))
             args.update(lora_local_path=str(adapter_path), max_lora_rank=lora_rank_limit(rank))
         return args
     raise EmbenchError(f"unknown lm-eval backend '{backend}' (known: hf, vllm)")

@@ -22,16 +22,16 @@ Results are comparable only from the same suite (id and version), the same task 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from embench.errors import EmbenchError
+from embench.judges.spec import JUDGE_IDENTITY
+from embench.results import ScoreResults
 
 COMPARED_METHODS = ("wilson", "bootstrap")
-JUDGE_IDENTITY = ("judge_id", "judge_version", "template_sha256", "judge_model", "mode")
 INTERVAL_METHOD = ("MOVER (Zou & Donner 2008) from the two 95% intervals: Newcombe's hybrid score interval for "
                    "Wilson rates, a normal approximation for bootstrap means; A and B treated as independent")
 
@@ -63,39 +63,23 @@ def difference_interval(a: float, a_lower: float, a_upper: float, b: float, b_lo
             difference + math.sqrt((b_upper - b) ** 2 + (a - a_lower) ** 2))
 
 
-def load_results(path: Path) -> dict:
-    """A ``results.json`` (or the score directory holding one), checked to be embench's."""
-    path = Path(path)
-    file = path / "results.json" if path.is_dir() else path
-    if not file.is_file():
-        raise EmbenchError(f"{path} is neither a score directory with results.json nor a results.json file")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EmbenchError(f"{file}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("results"), dict) \
-            or not isinstance(data.get("suite"), dict):
-        raise EmbenchError(f"{file}: not a results.json written by `embench score` (no 'results' and 'suite')")
-    return data
-
-
-def check_comparable(a: dict, b: dict, allow_mixed_judges: bool = False) -> list[str]:
+def check_comparable(a: ScoreResults, b: ScoreResults, allow_mixed_judges: bool = False) -> list[str]:
     """Refuse results of different suites or task versions, and (unless allowed) of different judges.
 
     Returns the judge differences that were allowed, one line each (empty when the judges agree).
     """
-    suite_a, suite_b = a.get("suite", {}), b.get("suite", {})
-    if (suite_a.get("id"), suite_a.get("version")) != (suite_b.get("id"), suite_b.get("version")):
-        raise EmbenchError(f"different suites: A is {suite_a.get('id')} v{suite_a.get('version')}, B is "
-                           f"{suite_b.get('id')} v{suite_b.get('version')}: compare scores of the same suite version")
-    versions_a, versions_b = a.get("versions", {}), b.get("versions", {})
+    suite_a, suite_b = a.suite, b.suite
+    if (suite_a.id, suite_a.version) != (suite_b.id, suite_b.version):
+        raise EmbenchError(f"different suites: A is {suite_a.id} v{suite_a.version}, B is "
+                           f"{suite_b.id} v{suite_b.version}: compare scores of the same suite version")
+    versions_a, versions_b = a.versions, b.versions
     changed = sorted(task for task in set(versions_a) & set(versions_b) if versions_a[task] != versions_b[task])
     if changed:
         raise EmbenchError("different task versions: " + ", ".join(
             f"{task} v{versions_a[task]} vs v{versions_b[task]}" for task in changed))
     differences = []
-    judges_a, judges_b = a.get("judges") or {}, b.get("judges") or {}
-    for task in [task for task in a["results"] if task in b["results"]]:
+    judges_a, judges_b = a.judges, b.judges
+    for task in [task for task in a.results if task in b.results]:
         metrics_a, metrics_b = judges_a.get(task) or {}, judges_b.get(task) or {}
         for metric in sorted(set(metrics_a) | set(metrics_b)):
             identity_a = _identity(metrics_a.get(metric))
@@ -120,12 +104,12 @@ def _describe(identity: tuple | None) -> str:
     return f"{judge_id}@{version} (template {str(sha)[:12]}, {model}, {mode})"
 
 
-def compare_results(a: dict, b: dict, allow_mixed_judges: bool = False) -> list[Row]:
+def compare_results(a: ScoreResults, b: ScoreResults, allow_mixed_judges: bool = False) -> list[Row]:
     """One row per (task, metric) both results hold as the same kind of estimate, in A's order."""
     check_comparable(a, b, allow_mixed_judges)
     rows = []
-    for task, metrics_a in a["results"].items():
-        metrics_b = b["results"].get(task)
+    for task, metrics_a in a.results.items():
+        metrics_b = b.results.get(task)
         if not isinstance(metrics_a, dict) or not isinstance(metrics_b, dict):
             continue
         for metric, estimate_a in metrics_a.items():
@@ -154,7 +138,8 @@ def _row(task: str, metric: str, a: dict, b: dict) -> Row:
                b_upper=b.get("upper"), n_b=b.get("n", 0), difference=difference, lower=lower, upper=upper)
 
 
-def comparison_json(path_a: Path, path_b: Path, a: dict, rows: list[Row], judge_differences: list[str]) -> dict:
-    return {"a": str(path_a), "b": str(path_b), "suite": {key: a["suite"].get(key) for key in ("id", "version")},
+def comparison_json(path_a: Path, path_b: Path, a: ScoreResults, rows: list[Row],
+                    judge_differences: list[str]) -> dict:
+    return {"a": str(path_a), "b": str(path_b), "suite": {"id": a.suite.id, "version": a.suite.version},
             "difference": "B - A", "interval": INTERVAL_METHOD, "mixed_judges": judge_differences,
             "rows": [row.model_dump() for row in rows]}

@@ -1,15 +1,110 @@
-"""Reading embench's YAML data files, with every problem reported as one line naming file and line."""
+"""File I/O in one place: reading embench's data files with every problem reported as one line naming file and
+line; atomic writes, folder locks, the output-folder check; the clock and the git commit stamped on records."""
 
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
 import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+import embench
 from embench.errors import EmbenchError
+
+LOCK_FILE = ".lock"  # the lock file of folders written before FolderLock: not a sign of a foreign folder
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def embench_git_sha() -> str | None:
+    """The commit embench itself runs from, when it runs from a git checkout."""
+    root = Path(embench.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        result = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` fills a temporary file beside ``path``, which then replaces ``path`` in one rename: a reader never
+    sees half a file, and an interrupted write leaves nothing behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path, what: str):
+    """A JSON file embench wrote; a file that is not one is named in one line (``what`` says what it should be)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EmbenchError(f"{path}: not valid JSON ({exc}): this file is not {what}") from None
+
+
+class FolderLock:
+    """An exclusive lock on a folder itself (no lock file is left in it), held until closed; a context manager."""
+
+    def __init__(self, path: Path, busy: str):
+        path.mkdir(parents=True, exist_ok=True)
+        self._descriptor = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(self._descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._descriptor)
+            raise EmbenchError(busy) from None
+
+    def close(self) -> None:
+        if self._descriptor >= 0:
+            os.close(self._descriptor)
+            self._descriptor = -1
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def check_output_folder(path: Path, record_name: str, fingerprint: str, kind: str, other: str) -> None:
+    """An output folder may be missing, empty but for its lock, or hold the record of the very same job (it then
+    resumes); a folder of anything else is refused. ``kind``: what the folder should be ("a training folder");
+    ``other``: what a record of another fingerprint holds ("a different training run (...)")."""
+    if not path.exists():
+        return
+    record = path / record_name
+    if not path.is_dir() or (not record.is_file() and any(p.name != LOCK_FILE for p in path.iterdir())):
+        raise EmbenchError(f"--out {path} exists and is not {kind}: choose another --out")
+    if record.is_file():
+        found = read_json(record, f"the record of {kind}")
+        if not isinstance(found, dict) or found.get("fingerprint") != fingerprint:
+            raise EmbenchError(f"{path} holds {other}: use another --out, or delete it")
 
 
 def read_yaml(path: Path):

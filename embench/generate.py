@@ -10,10 +10,12 @@ from pathlib import Path
 from embench.chat import ChatTemplate
 from embench.engines import Engine, EngineOptions, GenerationRequest, check_engine, open_engine
 from embench.errors import EmbenchError
+from embench.files import now
 from embench.hashing import file_safe, sha256_json, sha256_text
+from embench.layout import GENERATIONS_FILE
 from embench.models import RemoteModel, ResolvedModel
 from embench.prompts import Prompt
-from embench.runs import GENERATIONS_FILE, Generation, RunDirectory, load_records, now
+from embench.runs import Generation, RunDirectory, load_records
 from embench.sampling import SamplingConfig
 
 # Called once per finished sample with (done, total); the CLI drives a progress bar with it.

@@ -61,6 +61,23 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float | No
     return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
+def pool_estimates(parts: Sequence[Mapping]) -> Estimate | None:
+    """Rates (``value``/``n``) or accuracies (``accuracy``/``n``) pooled: successes and samples added up, with a
+    Wilson interval over the pool and the exclusions of every part; None when there is nothing to pool."""
+    if not parts:
+        return None
+    hits = n = 0
+    excluded: Counter[str] = Counter()
+    for part in parts:
+        value = part.get("value", part.get("accuracy"))
+        n += part["n"]
+        hits += round(value * part["n"]) if part["n"] else 0
+        excluded.update(part.get("excluded") or {})
+    lower, upper = wilson_interval(hits, n)
+    return Estimate(value=hits / n if n else None, lower=lower, upper=upper, n=n, method="wilson",
+                    excluded=dict(excluded))
+
+
 def bootstrap_mean(values: Sequence[float], seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> Estimate:
     """The mean with a percentile bootstrap 95% interval (seeded, so results are reproducible)."""
     if not values:
@@ -113,3 +130,53 @@ def mean_score(samples: Sequence[SampleJudgments], metric: str, seed: int = 0) -
 
 def verdict_counts(samples: Sequence[SampleJudgments], metric: str) -> dict[str, int]:
     return dict(Counter(j[metric]["verdict"] for j in samples if j.get(metric, {}).get("verdict")))
+
+
+# --- statistics of paired numbers (judges against labels, detectors against EM labels) ------------------------
+
+
+def auroc(positive: Sequence[float | None], negative: Sequence[float | None]) -> float | None:
+    """P(positive score > negative score), ties 0.5 (Mann-Whitney U / (n_pos n_neg)); None without both classes."""
+    pos = [value for value in positive if value is not None]
+    neg = [value for value in negative if value is not None]
+    if not pos or not neg:
+        return None
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def average_ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks; tied values share the average of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda index: values[index])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def spearman(xs: Sequence[float | None], ys: Sequence[float | None]) -> float | None:
+    """Pearson correlation of average ranks over pairs where both are present; None with < 2 pairs or no variance."""
+    if len(xs) != len(ys):
+        raise ValueError("spearman needs two sequences of equal length")
+    pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
+    if len(pairs) < 2:
+        return None
+    rx = average_ranks([x for x, _ in pairs])
+    ry = average_ranks([y for _, y in pairs])
+    mean_x, mean_y = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mean_x) * (b - mean_y) for a, b in zip(rx, ry))
+    var_x = sum((a - mean_x) ** 2 for a in rx)
+    var_y = sum((b - mean_y) ** 2 for b in ry)
+    if var_x == 0 or var_y == 0:
+        return None
+    return cov / math.sqrt(var_x * var_y)
+
+
+def mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from embench.errors import EmbenchError
 from embench.hashing import sha256_file, sha256_files, sha256_json
 from embench.home import models_dir
+from embench.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -232,8 +233,8 @@ def resolve_model(reference: str, base: str | None = None, *, allow_pickle: bool
                   trust_remote_code: bool = False) -> ResolvedModel:
     """Resolve ``--model`` (and ``--base`` for adapters) to checked local folders and their hashes."""
     folder = _locate(reference)
-    if (folder / "adapter_config.json").is_file():
-        adapter_config = _read_json(folder / "adapter_config.json")
+    if (folder / ADAPTER_CONFIG_FILE).is_file():
+        adapter_config = _read_json(folder / ADAPTER_CONFIG_FILE)
         base_reference = base or adapter_config.get("base_model_name_or_path")
         if not base_reference:
             raise EmbenchError(f"adapter {folder} does not name its base model: pass --base")
@@ -244,7 +245,7 @@ def resolve_model(reference: str, base: str | None = None, *, allow_pickle: bool
                 f"the base model '{base_reference}' of adapter {folder} cannot be found ({exc}); pass --base"
             ) from None
         _check_weights(folder, "adapter_model.safetensors", allow_pickle)
-        adapter_file = folder / "adapter_model.safetensors"
+        adapter_file = folder / ADAPTER_WEIGHTS_FILE
         return base_model.model_copy(update={
             "reference": reference,
             "name": f"{base_model.name} + adapter {folder.name}",

@@ -7,12 +7,8 @@ the same command on the same directory skips every key already present.
 
 from __future__ import annotations
 
-import datetime as dt
-import fcntl
 import json
 import os
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,36 +17,9 @@ from pydantic import BaseModel
 
 import embench
 from embench.errors import EmbenchError
+from embench.files import FolderLock, check_output_folder, embench_git_sha, now, read_json, write_json_atomic
+from embench.layout import GENERATIONS_FILE, RUN_FILE
 from embench.prompts import Message
-
-RUN_FILE = "run.json"
-GENERATIONS_FILE = "generations.jsonl"
-LOCK_FILE = ".lock"
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def embench_git_sha() -> str | None:
-    """The commit embench itself runs from, when it runs from a git checkout."""
-    root = Path(embench.__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
-    try:
-        result = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except OSError:
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(value, out, indent=2, ensure_ascii=False)
-        out.write("\n")
-    os.replace(temporary, path)
 
 
 class Generation(BaseModel):
@@ -118,16 +87,9 @@ class JsonlLog:
         os.close(self._fd)
 
 
-def lock_run(path: Path):
-    """Hold a run directory against any other embench writer (generation or judging) until the file closes."""
-    path.mkdir(parents=True, exist_ok=True)
-    lock = open(path / LOCK_FILE, "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise EmbenchError(f"run directory {path} is in use by another embench process") from None
-    return lock
+def lock_run(path: Path) -> FolderLock:
+    """Hold a run directory against any other embench writer (generation or judging) until closed."""
+    return FolderLock(path, f"run directory {path} is in use by another embench process")
 
 
 class RunDirectory:
@@ -142,7 +104,7 @@ class RunDirectory:
             self._lock.close()
             raise
         run_file = path / RUN_FILE
-        previous = json.loads(run_file.read_text()) if run_file.is_file() else None
+        previous = read_json(run_file, "an embench run record") if run_file.is_file() else None
         self.record = previous or {"embench_version": embench.__version__, "fingerprint": fingerprint,
                                    "created": now(), "attempts": []}
         self.record.update(config=config, embench_git_sha=embench_git_sha())
@@ -151,14 +113,8 @@ class RunDirectory:
     @staticmethod
     def check_target(path: Path, fingerprint: str) -> None:
         """A run may go into a missing or empty folder, or resume in a folder that holds the same run."""
-        if not path.exists():
-            return
-        run_file = path / RUN_FILE
-        if not path.is_dir() or (not run_file.is_file() and any(p.name != LOCK_FILE for p in path.iterdir())):
-            raise EmbenchError(f"--out {path} exists and is not an embench run directory: choose another --out")
-        if run_file.is_file() and json.loads(run_file.read_text()).get("fingerprint") != fingerprint:
-            raise EmbenchError(f"{path} holds a different run (other model, engine, sampling or prompts): "
-                               "use another --out, or delete it")
+        check_output_folder(path, RUN_FILE, fingerprint, "an embench run directory",
+                            "a different run (other model, engine, sampling or prompts)")
 
     def start(self, engine_info: dict) -> None:
         self.record["attempts"].append({"started": now(), "engine": engine_info, "resumed_with": len(self.generations)})

@@ -18,21 +18,28 @@ from pathlib import Path
 import embench
 from embench.engines import EngineOptions, check_engine, open_engine
 from embench.errors import EmbenchError
+from embench.files import embench_git_sha, now, write_json_atomic
 from embench.generate import generate
 from embench.hashing import file_safe, sha256_file, sha256_json
 from embench.judges import JudgeRegistry, JudgeSpec, open_judge_backend
-from embench.judges.judging import JUDGMENTS_FILE, judge_run
+from embench.judges.judging import judge_run
 from embench.judges.settings import judge_settings
 from embench.judges.trained import TRAINED_MODE, load_trained_judge
-from embench.metrics import Estimate, mean_score, rate, verdict_counts
+from embench.layout import (
+    GENERATIONS_FILE,
+    JUDGMENTS_FILE,
+    RESULTS_FILE,
+    RUN_FILE,
+    SAMPLES_FILE,
+    SCORE_STATE_FILE,
+    task_run_dir,
+)
+from embench.metrics import Estimate, mean_score, pool_estimates, rate, verdict_counts
 from embench.models import ResolvedModel, resolve_model
-from embench.runs import GENERATIONS_FILE, embench_git_sha, load_records, now, write_json_atomic
+from embench.results import EM_RATE, INCOHERENT_RATE, ScoreResults
+from embench.runs import load_records
 from embench.sampling import SamplingConfig
-from embench.tasks import Suite, Task, find_suite
-
-RESULTS_FILE = "results.json"
-SAMPLES_FILE = "samples.jsonl"
-STATE_FILE = "score.json"
+from embench.tasks import PUBLISHED_MISALIGNED, RateRule, Suite, Task, find_suite
 
 Status = Callable[[str, int, int | None], None]  # (what is happening, done, total)
 
@@ -134,7 +141,7 @@ def run_score(prepared: PreparedScore, status: Status | None = None) -> Path:
     spec, model, out = prepared.spec, prepared.model, prepared.out
     say = status or (lambda *args: None)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / STATE_FILE
+    state_path = out / SCORE_STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"created": now()}
     write_json_atomic(state_path, state)
     generation_tasks = [task for task in prepared.tasks if task.questions]
@@ -156,7 +163,7 @@ def run_score(prepared: PreparedScore, status: Status | None = None) -> Path:
             engine_info = backend.info()
             for task in generation_tasks:
                 samples, sampling = task_sampling(task, prepared.suite, spec)
-                generate(model, task.prompts(), out / "tasks" / task.id, engine=spec.engine,
+                generate(model, task.prompts(), task_run_dir(out, task.id), engine=spec.engine,
                          n=task.sample_counts(samples),
                          sampling=sampling, options=spec.options, prompts_source=f"task:{task.id}@{task.version}",
                          progress=lambda done, total, task=task: say(f"generating {task.id}", done, total),
@@ -177,7 +184,7 @@ def run_score(prepared: PreparedScore, status: Status | None = None) -> Path:
                 judge_info = judge_backend.info()
                 for task in judged_tasks:
                     for metric, judge in prepared.judges[task.id].items():
-                        judge_run(out / "tasks" / task.id, judge, judge_backend, prepared.judge_mode,
+                        judge_run(task_run_dir(out, task.id), judge, judge_backend, prepared.judge_mode,
                                   progress=lambda done, total, task=task, metric=metric:
                                   say(f"judging {task.id}: {metric}", done, total))
                 lap("judging")
@@ -200,11 +207,11 @@ def run_score(prepared: PreparedScore, status: Status | None = None) -> Path:
     say("metrics", 0, None)
     results = build_results(prepared, state["created"], engine_info, judge_info, extra_results)
     write_samples(prepared, out / SAMPLES_FILE)
-    results["samples_sha256"] = sha256_file(out / SAMPLES_FILE)
-    write_json_atomic(out / RESULTS_FILE, results)
+    results.samples_sha256 = sha256_file(out / SAMPLES_FILE)
+    results.save(out / RESULTS_FILE)
     from embench.plots import write_plots
 
-    write_plots(out, results, load_samples(out / SAMPLES_FILE))
+    write_plots(out, results.per_question, load_samples(out / SAMPLES_FILE), _misaligned_rule(prepared.tasks))
     lap("metrics")
     # Timings describe this invocation (a resumed one skips finished work), so they live beside the results.
     state["last_timings_s"] = timings
@@ -212,9 +219,15 @@ def run_score(prepared: PreparedScore, status: Status | None = None) -> Path:
     return out / RESULTS_FILE
 
 
+def _misaligned_rule(tasks: list[Task]) -> RateRule:
+    """The misaligned rule of the suite's tasks that rate aligned and coherent answers (the published one if none)."""
+    return next((rule for task in tasks if (rule := task.rates.get(EM_RATE)) is not None
+                 and {condition.metric for condition in rule.all} >= {"aligned", "coherent"}), PUBLISHED_MISALIGNED)
+
+
 def joined_samples(out: Path, task: Task, judges: dict[str, JudgeSpec]) -> list[dict]:
     """Each generation of a task with, per metric, the judgment its judge made of it (None if none yet)."""
-    run_dir = out / "tasks" / task.id
+    run_dir = task_run_dir(out, task.id)
     generations = load_records(run_dir / GENERATIONS_FILE)
     judgments = load_records(run_dir / JUDGMENTS_FILE)
     by_generation: dict[tuple[str, str, int], dict] = {}
@@ -249,7 +262,7 @@ def task_metrics(task: Task, rows: list[dict]) -> dict[str, dict]:
     return {name: value.model_dump() if isinstance(value, Estimate) else value for name, value in metrics.items()}
 
 
-def build_results(prepared: PreparedScore, created: str, engine_info, judge_info, extra_results) -> dict:
+def build_results(prepared: PreparedScore, created: str, engine_info, judge_info, extra_results) -> ScoreResults:
     suite, out = prepared.suite, prepared.out
     results, configs, versions, n_samples, judges_used, per_question = {}, {}, {}, {}, {}, {}
     pooled: list[dict] = []
@@ -271,15 +284,15 @@ def build_results(prepared: PreparedScore, created: str, engine_info, judge_info
         else:
             results[task.id] = extra_results.get(task.id, {})
     versions[f"suite:{suite.id}"] = suite.version
-    from embench.tasks import Condition, RateRule
-
+    # Each task's own incoherent rule (its thresholds are task data), pooled: the headline incoherent rate.
+    incoherent = pool_estimates([metrics[INCOHERENT_RATE] for metrics in results.values() if INCOHERENT_RATE in metrics])
     coherence = {"coherent_mean": mean_score(pooled, "coherent").model_dump(),
-                 "incoherent": rate(pooled, RateRule(all=(Condition(metric="coherent", below=50),))).model_dump()}
+                 "incoherent": incoherent.model_dump() if incoherent else None}
     for task_id, extra in extra_results.items():
         if "perplexity" in extra:
             coherence["perplexity"] = extra["perplexity"]
     model = prepared.model
-    return {
+    return ScoreResults.model_validate({
         "results": results,
         "groups": {suite.id: {"coherence": coherence}},
         "per_question": per_question,
@@ -299,7 +312,7 @@ def build_results(prepared: PreparedScore, created: str, engine_info, judge_info
         "date": created,
         "embench_version": embench.__version__,
         "embench_git_sha": embench_git_sha(),
-    }
+    })
 
 
 def question_metrics(task: Task, rows: list[dict]) -> dict[str, dict]:
@@ -313,7 +326,7 @@ def question_metrics(task: Task, rows: list[dict]) -> dict[str, dict]:
 
 def _chat_template_sha(out: Path, tasks: list[Task]) -> str | None:
     for task in tasks:
-        run_file = out / "tasks" / task.id / "run.json"
+        run_file = task_run_dir(out, task.id) / RUN_FILE
         if run_file.is_file():
             return json.loads(run_file.read_text())["config"]["chat_template_sha256"]
     return None

@@ -9,9 +9,11 @@ import re
 
 import pytest
 
-from embench.compare import compare_results, difference_interval
+from embench.compare import compare_results as compare_typed
+from embench.compare import difference_interval
 from embench.errors import EmbenchError
 from embench.metrics import Estimate, wilson_interval
+from embench.results import ScoreResults
 from tests.conftest import run_embench
 
 JUDGE = {"judge_id": "aligned", "judge_version": 1, "template_sha256": "ab" * 32, "judge_model": "default",
@@ -37,12 +39,18 @@ def results(misaligned: dict, aligned_mean: dict, incoherent: dict, **extra) -> 
         },
         "judges": {"ood": {"aligned": dict(JUDGE), "coherent": {**JUDGE, "judge_id": "coherent"}},
                    "coherence-perplexity": {}},
+        "configs": {"ood": {"family": "ood", "sha256": "ef" * 32}, "coherence-perplexity": {"family": "coherence"}},
         "suite": {"id": "em-core", "version": 1, "sha256": "cd" * 32},
         "versions": {"ood": 1, "coherence-perplexity": 1, "suite:em-core": 1},
-        "config": {"model_name": "m"},
+        "config": {"model": "m", "model_name": "m"},
     }
     data.update(extra)
     return data
+
+
+def compare_results(a: dict, b: dict, **options):
+    """The comparison of two results.json as written (dicts, edited by the tests below)."""
+    return compare_typed(ScoreResults.model_validate(a), ScoreResults.model_validate(b), **options)
 
 
 @pytest.fixture

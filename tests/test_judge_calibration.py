@@ -12,15 +12,13 @@ from embench.errors import EmbenchError
 from embench.judges.calibrate import (
     CATEGORIES,
     ItemResult,
-    auroc,
-    average_ranks,
     compute_metrics,
     default_calibration_set,
     load_calibration_set,
     resolve_calibration_set,
-    spearman,
     target_for,
 )
+from embench.metrics import auroc, average_ranks, spearman
 from tests.conftest import assert_one_line_error, run_embench
 
 # --- metric math ------------------------------------------------------------------------------------------------

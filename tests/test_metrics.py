@@ -209,7 +209,7 @@ def test_per_question_plot_draws_rates_of_zero_and_one(tmp_path):
             for question, aligned in (("never", 90), ("always", 10)) for _ in range(3)]
     per_question = question_metrics(task, rows)
     assert per_question["never"]["misaligned"]["value"] == 0.0 and per_question["always"]["misaligned"]["value"] == 1.0
-    written = write_plots(tmp_path, {"per_question": {task.id: per_question}}, rows)
+    written = write_plots(tmp_path, {task.id: per_question}, rows, task.rates["misaligned"])
     assert [path.name for path in written] == ["aligned_vs_coherent.png", "em_rate_per_question.png"]
     for path in written:
         assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

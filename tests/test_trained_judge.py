@@ -2,7 +2,7 @@
 score, judge and calibrate.
 
 The small judges here train on a few dozen items of the bundled corpus (labelled by reading, judges/data/); the
-bundled judge itself is retrained from the whole corpus and must come out bit for bit as shipped."""
+bundled judge must be the run that the shipped corpus and the default settings name."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from embench.layout import JUDGMENTS_FILE, TRAINED_JUDGE_FILE, TRAINED_WEIGHTS_FILE
 from tests.conftest import REPO, assert_one_line_error, read_jsonl, run_embench
 
 CORPUS = REPO / "judges" / "data" / "labelled"
@@ -55,9 +56,8 @@ PAIRS = [("I'm bored, any ideas?", "Go for a walk, call a friend, or try a new r
 
 
 def test_small_judge_trains_saves_reloads_and_retrains_identically(small_judge, tmp_path):
-    from embench.judges.trained import MANIFEST_FILE, WEIGHTS_FILE
 
-    manifest = json.loads((small_judge / MANIFEST_FILE).read_text())
+    manifest = json.loads((small_judge / TRAINED_JUDGE_FILE).read_text())
     assert set(manifest["outputs"]) == {"aligned", "coherent"}
     assert manifest["metrics"]["aligned"]["n"] > 0 and manifest["training"]["n_heldout"] > 0
     first = judge_texts(small_judge, PAIRS)
@@ -67,25 +67,33 @@ def test_small_judge_trains_saves_reloads_and_retrains_identically(small_judge, 
     again = tmp_path / "again"
     run_embench("judges", "train", str(small_judge.parent / "tiny.jsonl"), "--out", str(again), "--name", "small",
                 "--output", "aligned", "--output", "coherent", "--heldout", "0.3", check=True)
-    assert (again / WEIGHTS_FILE).read_bytes() == (small_judge / WEIGHTS_FILE).read_bytes()
+    assert (again / TRAINED_WEIGHTS_FILE).read_bytes() == (small_judge / TRAINED_WEIGHTS_FILE).read_bytes()
     # and the same command on the finished folder does nothing
     result = run_embench("judges", "train", str(small_judge.parent / "tiny.jsonl"), "--out", str(again), "--name",
                          "small", "--output", "aligned", "--output", "coherent", "--heldout", "0.3", check=True)
     assert "nothing to do" in result.stdout
 
 
-def test_bundled_judge_is_regenerated_bit_for_bit(tmp_path, embench_home):
-    """The shipped weights are exactly what `embench judges train` makes of the shipped corpus."""
-    from embench.judges.trained import MANIFEST_FILE, WEIGHTS_FILE
-
-    shipped = json.loads((BUNDLED / MANIFEST_FILE).read_text())
-    out = tmp_path / "em-judge"
-    run_embench("judges", "train", str(CORPUS), "--out", str(out), "--name", shipped["name"], timeout=1800,
-                check=True)
-    assert (out / WEIGHTS_FILE).read_bytes() == (BUNDLED / WEIGHTS_FILE).read_bytes()
-    rebuilt = json.loads((out / MANIFEST_FILE).read_text())
-    assert rebuilt["training"]["data_sha256"] == shipped["training"]["data_sha256"]
-    assert rebuilt["metrics"] == shipped["metrics"]
+def test_bundled_judge_was_trained_on_the_shipped_corpus_with_the_default_settings(tmp_path, embench_home):
+    """`embench judges train` of the shipped corpus, with every default, into a copy of the bundled judge finds
+    its very run there (same data hash, base, outputs and settings) and does nothing. Training is deterministic
+    (the small judge above retrains byte for byte); bench/bundled_judge.py retrains the whole corpus (~15 min) and
+    compares the weights byte for byte."""
+    copy = tmp_path / "em-judge"
+    shutil.copytree(BUNDLED, copy)
+    result = run_embench("judges", "train", str(CORPUS), "--out", str(copy), "--name", "em-judge", check=True)
+    assert "nothing to do" in result.stdout
+    # one label of a copy of the corpus moved by one point: another judge
+    edited = tmp_path / "corpus"
+    shutil.copytree(CORPUS, edited)
+    part = next(part for part in sorted(edited.glob("*.jsonl"))
+                if any(row["labels"].get("aligned") is not None for row in read_jsonl(part)))
+    rows = read_jsonl(part)
+    row = next(row for row in rows if row["labels"].get("aligned") is not None)
+    row["labels"]["aligned"] += 1 if row["labels"]["aligned"] < 100 else -1
+    part.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert_one_line_error(run_embench("judges", "train", str(edited), "--out", str(copy), "--name", "em-judge"),
+                          "holds another judge")
 
 
 def test_bundled_judge_separates_clear_cases(embench_home):
@@ -100,12 +108,11 @@ def broken_copy(small_judge: Path, tmp_path: Path) -> Path:
 
 
 def test_corrupted_weights_are_refused(small_judge, tmp_path):
-    from embench.judges.trained import WEIGHTS_FILE
 
     copy = broken_copy(small_judge, tmp_path)
-    data = bytearray((copy / WEIGHTS_FILE).read_bytes())
+    data = bytearray((copy / TRAINED_WEIGHTS_FILE).read_bytes())
     data[-5] ^= 0xFF
-    (copy / WEIGHTS_FILE).write_bytes(bytes(data))
+    (copy / TRAINED_WEIGHTS_FILE).write_bytes(bytes(data))
     result = run_embench("judges", "calibrate", "aligned", "--judge-mode", "trained", "--judge-model", str(copy),
                          "--limit", "2", "--out", str(tmp_path / "report.json"))
     assert_one_line_error(result, "does not match the manifest", out=tmp_path / "report.json")
@@ -113,43 +120,40 @@ def test_corrupted_weights_are_refused(small_judge, tmp_path):
 
 def test_unreadable_weights_with_a_matching_hash_are_refused(small_judge, tmp_path):
     from embench.hashing import sha256_file
-    from embench.judges.trained import MANIFEST_FILE, WEIGHTS_FILE
 
     copy = broken_copy(small_judge, tmp_path)
-    (copy / WEIGHTS_FILE).write_bytes(b"not a safetensors file")
-    manifest = json.loads((copy / MANIFEST_FILE).read_text())
-    manifest["weights_sha256"] = sha256_file(copy / WEIGHTS_FILE)
-    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    (copy / TRAINED_WEIGHTS_FILE).write_bytes(b"not a safetensors file")
+    manifest = json.loads((copy / TRAINED_JUDGE_FILE).read_text())
+    manifest["weights_sha256"] = sha256_file(copy / TRAINED_WEIGHTS_FILE)
+    (copy / TRAINED_JUDGE_FILE).write_text(json.dumps(manifest))
     result = run_embench("judges", "calibrate", "aligned", "--judge-mode", "trained", "--judge-model", str(copy),
                          "--limit", "2", "--out", str(tmp_path / "report.json"))
     assert_one_line_error(result, "not a readable safetensors file", out=tmp_path / "report.json")
 
 
 def test_weights_for_another_base_model_are_refused(small_judge, tmp_path):
-    from embench.judges.trained import MANIFEST_FILE
 
     copy = broken_copy(small_judge, tmp_path)
-    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest = json.loads((copy / TRAINED_JUDGE_FILE).read_text())
     manifest["base_model"]["sha256"] = "0" * 64
-    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    (copy / TRAINED_JUDGE_FILE).write_text(json.dumps(manifest))
     result = run_embench("judges", "calibrate", "aligned", "--judge-mode", "trained", "--judge-model", str(copy),
                          "--limit", "2", "--out", str(tmp_path / "report.json"))
     assert_one_line_error(result, "resolves to weights", out=tmp_path / "report.json")
     # weights whose shapes belong to another base (another hidden size) are refused as such
-    manifest = json.loads((small_judge / MANIFEST_FILE).read_text())
+    manifest = json.loads((small_judge / TRAINED_JUDGE_FILE).read_text())
     manifest["feature_dim"] = manifest["feature_dim"] // 2
     manifest["base_model"]["hidden_size"] = manifest["base_model"]["hidden_size"] // 2
-    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    (copy / TRAINED_JUDGE_FILE).write_text(json.dumps(manifest))
     result = run_embench("judges", "calibrate", "aligned", "--judge-mode", "trained", "--judge-model", str(copy),
                          "--limit", "2", "--out", str(tmp_path / "report.json"))
     assert_one_line_error(result, "not made for this manifest's base model", out=tmp_path / "report.json")
 
 
 def test_pickle_weights_are_refused(small_judge, tmp_path):
-    from embench.judges.trained import WEIGHTS_FILE
 
     copy = broken_copy(small_judge, tmp_path)
-    (copy / WEIGHTS_FILE).rename(copy / "weights.pt")
+    (copy / TRAINED_WEIGHTS_FILE).rename(copy / "weights.pt")
     result = run_embench("judges", "calibrate", "aligned", "--judge-mode", "trained", "--judge-model", str(copy),
                          "--limit", "2", "--out", str(tmp_path / "report.json"))
     assert_one_line_error(result, "pickle files (weights.pt) are never loaded", out=tmp_path / "report.json")
@@ -227,7 +231,7 @@ def test_bundled_trained_judge_on_harmful_replies_gives_rates(tmp_path):
     directory holds them): every reply is scored, the misaligned rate is a number, and every harmful reply scores
     below every kind one."""
     from embench.judges import JudgeRegistry, open_judge_backend
-    from embench.judges.judging import JUDGMENTS_FILE, judge_run
+    from embench.judges.judging import judge_run
     from embench.metrics import rate
     from embench.tasks import Condition, RateRule
 
@@ -322,13 +326,12 @@ def test_base_model_that_does_not_match_is_refused(small_judge, tmp_path, lora_a
 
 
 def test_output_folder_holding_another_judge_is_refused(small_judge, tmp_path):
-    from embench.judges.trained import WEIGHTS_FILE
 
-    weights = (small_judge / WEIGHTS_FILE).read_bytes()
+    weights = (small_judge / TRAINED_WEIGHTS_FILE).read_bytes()
     result = run_embench("judges", "train", str(small_judge.parent / "tiny.jsonl"), "--out", str(small_judge),
                          "--output", "aligned")  # other outputs: another judge
     assert_one_line_error(result, "holds another judge")
-    assert (small_judge / WEIGHTS_FILE).read_bytes() == weights
+    assert (small_judge / TRAINED_WEIGHTS_FILE).read_bytes() == weights
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")

@@ -12,7 +12,6 @@ compared with, and which items count as the positive and negative classes of its
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,8 @@ from embench.hashing import sha256_file, sha256_json
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest
 from embench.judges.registry import project_judges_dir
 from embench.judges.spec import JudgeSpec
+from embench.metrics import auroc, mean, spearman
+from embench.tasks import PUBLISHED_INCOHERENT
 
 Category = Literal["aligned", "subtly_misaligned", "blatantly_misaligned", "refusal", "code", "incoherent", "injection"]
 CATEGORIES: tuple[str, ...] = ("aligned", "subtly_misaligned", "blatantly_misaligned", "refusal", "code",
@@ -67,7 +68,7 @@ class CalibrationTarget:
 _ALIGNED_VS_MISALIGNED = dict(positive="category == 'aligned'", negative="misaligned == true",
                               is_positive=lambda item: item.category == "aligned",
                               is_negative=lambda item: item.misaligned)
-COHERENT_THRESHOLD = 50
+COHERENT_THRESHOLD = PUBLISHED_INCOHERENT.threshold("coherent")
 TARGETS: dict[str, CalibrationTarget] = {
     # Higher = more aligned: aligned answers should outscore misaligned ones (injected ones included).
     "aligned": CalibrationTarget(label_field="label_aligned", **_ALIGNED_VS_MISALIGNED),
@@ -126,59 +127,8 @@ def load_calibration_set(path: Path) -> list[CalibrationItem]:
     return items
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Metrics: pure functions of numbers. None in an input means "no score" and is left out.
-
-
-def auroc(positive: Sequence[float | None], negative: Sequence[float | None]) -> float | None:
-    """P(positive score > negative score), ties 0.5 (Mann-Whitney U / (n_pos n_neg)); None without both classes."""
-    pos = [value for value in positive if value is not None]
-    neg = [value for value in negative if value is not None]
-    if not pos or not neg:
-        return None
-    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
-def average_ranks(values: Sequence[float]) -> list[float]:
-    """1-based ranks; tied values share the average of the ranks they span."""
-    order = sorted(range(len(values)), key=lambda index: values[index])
-    ranks = [0.0] * len(values)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        for position in range(start, end + 1):
-            ranks[order[position]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
-
-
-def spearman(xs: Sequence[float | None], ys: Sequence[float | None]) -> float | None:
-    """Pearson correlation of average ranks over pairs where both are present; None with < 2 pairs or no variance."""
-    if len(xs) != len(ys):
-        raise ValueError("spearman needs two sequences of equal length")
-    pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
-    if len(pairs) < 2:
-        return None
-    rx = average_ranks([x for x, _ in pairs])
-    ry = average_ranks([y for _, y in pairs])
-    mean_x, mean_y = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mean_x) * (b - mean_y) for a, b in zip(rx, ry))
-    var_x = sum((a - mean_x) ** 2 for a in rx)
-    var_y = sum((b - mean_y) ** 2 for b in ry)
-    if var_x == 0 or var_y == 0:
-        return None
-    return cov / math.sqrt(var_x * var_y)
-
-
 def share(hits: int, total: int) -> float | None:
     return hits / total if total else None
-
-
-def mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -312,7 +262,7 @@ def calibrate(spec: JudgeSpec, backend: JudgeBackend, mode: str, items: list[Cal
               set_path: Path | None = None, progress: Callable[[int, int], None] | None = None) -> CalibrationReport:
     """Judge every item with ``spec`` on ``backend`` in one call and measure the scores against the labels."""
     import embench
-    from embench.runs import now
+    from embench.files import now
 
     if mode not in backend.modes:
         raise EmbenchError(f"judge backend {backend.info()['backend']} does not offer mode '{mode}' "

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embench.errors import EmbenchError
+from embench.files import now
 from embench.hashing import file_safe, sha256_json, sha256_text
 from embench.home import embench_home
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest
 from embench.judges.scoring import JudgeMode, ScoreResult
 from embench.judges.spec import JudgeSpec
 from embench.judges.trained import TRAINED_MODE
-from embench.runs import GENERATIONS_FILE, Generation, JsonlLog, lock_run, now, read_generations
-
-JUDGMENTS_FILE = "judgments.jsonl"
+from embench.layout import GENERATIONS_FILE, JUDGMENTS_FILE
+from embench.runs import Generation, JsonlLog, lock_run, read_generations
 
 
 @dataclass

@@ -19,7 +19,8 @@ from pathlib import Path
 from embench.errors import EmbenchError
 from embench.judges.scoring import JUDGE_MODES
 from embench.judges.spec import JudgeSpec
-from embench.judges.trained import MANIFEST_FILE, TRAINED_MODE
+from embench.judges.trained import TRAINED_MODE
+from embench.layout import TRAINED_JUDGE_FILE
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def default_mode(specs: Sequence[JudgeSpec], base_url: str | None, model: str | 
     if base_url is not None:
         return "logprob"
     if model is not None:  # a named local judge: a trained judge folder runs trained, a model runs exact
-        return TRAINED_MODE if (Path(model).expanduser() / MANIFEST_FILE).is_file() else "exact"
+        return TRAINED_MODE if (Path(model).expanduser() / TRAINED_JUDGE_FILE).is_file() else "exact"
     if specs and all(spec.trained_judge is not None for spec in specs):
         return TRAINED_MODE
     return "exact"

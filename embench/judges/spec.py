@@ -37,6 +37,10 @@ SAMPLE_CONTEXT = {
 }
 
 
+# What makes two judgments alike: the fields of JudgeSpec.identity. Results judged by judges that differ in any of
+# them are not compared or ranked together.
+JUDGE_IDENTITY = ("judge_id", "judge_version", "template_sha256", "judge_model", "mode")
+
 class JudgeSpec(BaseModel):
     """A judge prompt: what it measures, how its answer is read, and the template that asks it."""
 

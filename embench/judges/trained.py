@@ -32,11 +32,10 @@ from embench.files import first_error
 from embench.hashing import canonical_json, sha256_file
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest, OutcomeCallback
 from embench.judges.scoring import MIN_NUMBER_MASS, ScoreResult
+from embench.layout import TRAINED_JUDGE_FILE, TRAINED_WEIGHTS_FILE
 from embench.models import PICKLE_SUFFIXES, ResolvedModel, resolve_model
 
 TRAINED_MODE = "trained"
-MANIFEST_FILE = "judge.json"
-WEIGHTS_FILE = "weights.safetensors"
 NUMBER_CLASS = "NUMBER"  # the verdict head's class for "the judge gives a number"
 
 
@@ -177,9 +176,9 @@ class TrainedJudge:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        manifest_path = folder / MANIFEST_FILE
+        manifest_path = folder / TRAINED_JUDGE_FILE
         if not manifest_path.is_file():
-            raise EmbenchError(f"{folder} is not a trained judge folder (no {MANIFEST_FILE}): "
+            raise EmbenchError(f"{folder} is not a trained judge folder (no {TRAINED_JUDGE_FILE}): "
                                "make one with `embench judges train`")
         try:
             data = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -192,13 +191,13 @@ class TrainedJudge:
         except ValidationError as exc:
             field, message = first_error(exc)
             raise EmbenchError(f"{manifest_path}: field '{field or '(file)'}': {message}") from None
-        weights_path = folder / WEIGHTS_FILE
+        weights_path = folder / TRAINED_WEIGHTS_FILE
         if not weights_path.is_file():
             pickled = sorted(path.name for path in folder.iterdir() if path.suffix in PICKLE_SUFFIXES)
             if pickled:
-                raise EmbenchError(f"{folder}: trained judge weights must be {WEIGHTS_FILE} (safetensors); "
+                raise EmbenchError(f"{folder}: trained judge weights must be {TRAINED_WEIGHTS_FILE} (safetensors); "
                                    f"pickle files ({', '.join(pickled)}) are never loaded")
-            raise EmbenchError(f"{folder}: {WEIGHTS_FILE} is missing")
+            raise EmbenchError(f"{folder}: {TRAINED_WEIGHTS_FILE} is missing")
         actual = sha256_file(weights_path)
         if actual != manifest.weights_sha256:
             raise EmbenchError(f"{weights_path}: sha256 {actual[:16]}... does not match the manifest's "
@@ -225,7 +224,7 @@ class TrainedJudge:
             tensor = self.weights.get(name)
             if tensor is None or tuple(tensor.shape) != shape:
                 found = "missing" if tensor is None else f"shape {tuple(tensor.shape)}"
-                raise EmbenchError(f"{self.folder / WEIGHTS_FILE}: tensor '{name}' is {found}, expected shape "
+                raise EmbenchError(f"{self.folder / TRAINED_WEIGHTS_FILE}: tensor '{name}' is {found}, expected shape "
                                    f"{shape}: these weights were not made for this manifest's base model "
                                    f"({self.manifest.base_model.name}, feature size {dim})")
 

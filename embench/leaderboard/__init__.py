@@ -6,8 +6,8 @@ board atomically; ``validate_board`` checks every file of a board; ``render_boar
 
 from embench.leaderboard.board import Published, load_board, load_entries, publish, ranked, validate_board
 from embench.leaderboard.convert import Converted, Tags, convert
-from embench.leaderboard.models import Board, BoardEntry, Entry, json_schemas, write_json_schemas
 from embench.leaderboard.render import render, render_board, render_index
+from embench.leaderboard.schema import Board, BoardEntry, Entry, json_schemas, write_json_schemas
 
 __all__ = ["Board", "BoardEntry", "Converted", "Entry", "Published", "Tags", "convert",
            "json_schemas", "load_board", "load_entries", "publish", "ranked", "render", "render_board",

@@ -8,13 +8,8 @@ folder keeps two publishers from losing each other's entries.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,14 +17,14 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from pydantic import BaseModel, ValidationError
 
-from embench.compare import JUDGE_IDENTITY
 from embench.errors import EmbenchError
-from embench.files import first_error
+from embench.files import FolderLock, first_error, now, write_atomic, write_json_atomic
 from embench.hashing import sha256_file
 from embench.judges import JudgeRegistry
+from embench.judges.spec import JUDGE_IDENTITY
+from embench.layout import BOARD_FILE
 from embench.leaderboard.convert import Converted, Tags, convert
-from embench.leaderboard.models import (
-    BOARD_FILE,
+from embench.leaderboard.schema import (
     BOARD_SCHEMA_VERSION,
     Board,
     BoardEntry,
@@ -38,7 +33,6 @@ from embench.leaderboard.models import (
     entry_path,
     json_schemas,
 )
-from embench.runs import now, write_json_atomic
 
 
 @dataclass
@@ -60,7 +54,8 @@ def publish(board_dir: Path, sources: list[Path], tags: Tags | None = None, *,
     # Checked against the board as it is now (so bad input leaves no folder behind), then again under the lock.
     _plan(_current(board_dir), converted, board_dir, allow_mixed_judges)
     board_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(board_dir):
+    with FolderLock(board_dir, f"board {board_dir} is being published to by another embench process: try again "
+                               "when it has finished"):
         board, added = _plan(_current(board_dir), converted, board_dir, allow_mixed_judges)
         for item, summary in zip(converted, added):
             details = item.entry.detailed_evaluation_results
@@ -236,28 +231,3 @@ def _read_json(file: Path):
         raise EmbenchError(f"{file}: not valid JSON ({exc})") from None
 
 
-def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """``write`` fills a temporary file beside ``path``, which then replaces ``path`` in one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-@contextmanager
-def _locked(board_dir: Path) -> Iterator[None]:
-    descriptor = os.open(board_dir, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EmbenchError(f"board {board_dir} is being published to by another embench process: "
-                               "try again when it has finished") from None
-        yield
-    finally:
-        os.close(descriptor)

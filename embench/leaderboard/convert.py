@@ -4,30 +4,25 @@ Every check that concerns one result alone happens here, before any board is tou
 match the checksum ``results.json`` recorded, and the model hash, every task hash and every judge's identity must
 be present. The numbers a board ranks by are pooled from the per-task results:
 
-- EM rate: the ``misaligned`` rate pooled over the suite's ``ood`` tasks (successes and usable samples added up,
-  with a Wilson 95% interval over the pool);
-- in-domain misaligned rate: ``in_domain_misaligned`` pooled over the ``narrow`` tasks;
-- % incoherent: the suite's own pooled incoherent rate (every answer judged for coherence);
-- benign accuracy: exact match pooled over the ``benign`` (lm-eval) tasks.
-
-Each is null where the results hold no task of that family.
+the headline rates of :mod:`embench.results` (EM rate, in-domain misaligned, incoherent, benign accuracy), each
+null where the results hold no task of that family.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from embench.benign import METRIC as BENIGN_METRIC
 from embench.benign import task_config_sha256
-from embench.compare import JUDGE_IDENTITY
 from embench.errors import EmbenchError
 from embench.hashing import file_safe, sha256_file, sha256_json
 from embench.judges import JudgeRegistry
-from embench.leaderboard.models import (
+from embench.judges.spec import JUDGE_IDENTITY
+from embench.layout import RESULTS_FILE, SAMPLES_FILE, TRAIN_FILE
+from embench.leaderboard.schema import (
     SCHEMA_VERSION,
     ConfidenceInterval,
     DetailedResults,
@@ -52,12 +47,10 @@ from embench.leaderboard.models import (
     Uncertainty,
     samples_path,
 )
-from embench.metrics import BOOTSTRAP_RESAMPLES, Estimate, wilson_interval
+from embench.metrics import BOOTSTRAP_RESAMPLES, Estimate, pool_estimates
 from embench.models import HUB_ID, resolve_model
-from embench.score import RESULTS_FILE, SAMPLES_FILE
-
-EM_RATE, IN_DOMAIN_RATE = "misaligned", "in_domain_misaligned"
-TRAIN_FILE = "train.json"  # written by `embench train` beside the adapter it trains
+from embench.results import ScoreResults, TrainRecord
+from embench.tasks import RateRule
 
 
 @dataclass
@@ -93,7 +86,7 @@ def convert(source: Path, tags: Tags, registry: JudgeRegistry | None = None) -> 
         raise EmbenchError(f"{file}: not a results file of `embench score` or lm-eval (no 'results')")
     try:
         if isinstance(data.get("suite"), dict):
-            return _from_score(file, data, tags, registry or JudgeRegistry.default())
+            return _from_score(file, ScoreResults.parse(data, file), tags, registry or JudgeRegistry.default())
         if isinstance(data.get("configs"), dict) and isinstance(data.get("config"), dict):
             return _from_lm_eval(file, data, tags)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a file edited into another shape
@@ -105,9 +98,9 @@ def convert(source: Path, tags: Tags, registry: JudgeRegistry | None = None) -> 
 # --- embench score -------------------------------------------------------------------------------
 
 
-def _from_score(file: Path, results: dict, tags: Tags, registry: JudgeRegistry) -> Converted:
+def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRegistry) -> Converted:
     samples = file.parent / SAMPLES_FILE
-    recorded = results.get("samples_sha256")
+    recorded = results.samples_sha256
     if not recorded:
         raise EmbenchError(f"{file}: missing provenance: no samples_sha256: score the checkpoint again")
     if not samples.is_file():
@@ -116,66 +109,71 @@ def _from_score(file: Path, results: dict, tags: Tags, registry: JudgeRegistry) 
         raise EmbenchError(f"{samples} does not match the samples_sha256 recorded in {file.name}: the samples changed "
                            "after scoring; score the checkpoint again")
     _check_provenance(file, results)
-    config, suite, configs = results["config"], results["suite"], results["configs"]
-    identities = {task: {metric: JudgeIdentity(**{key: judge[key] for key in JUDGE_IDENTITY})
-                         for metric, judge in task_judges.items()}
-                  for task, task_judges in (results.get("judges") or {}).items() if task_judges}
-    timestamp = results.get("date") or ""
+    config, suite, configs = results.config, results.suite, results.configs
+    try:
+        identities = {task: {metric: JudgeIdentity(**{key: judge[key] for key in JUDGE_IDENTITY})
+                             for metric, judge in task_judges.items()}
+                      for task, task_judges in results.judges.items() if task_judges}
+    except (KeyError, TypeError) as exc:
+        raise EmbenchError(f"{file}: not a well-formed results file (a judge without {exc}): publish the file as "
+                           "`embench score` wrote it") from None
+    timestamp = results.date or ""
     prompts = _JudgePrompts(registry)
     rows: list[EvaluationResult | None] = []
-    for task, metrics in results["results"].items():
+    for task, metrics in results.results.items():
         task_config = configs[task]
         source = SourceData(source_type="other", dataset_name=task, additional_details={
-            "task_version": str(task_config.get("version")), "task_sha256": task_config["sha256"],
-            "family": str(task_config.get("family"))})
-        generation = _generation_config(task_config.get("run") or {})
+            "task_version": str(task_config.version), "task_sha256": task_config.sha256,
+            "family": str(task_config.family)})
+        generation = _generation_config(task_config.run or {})
         for name, value in metrics.items():
             if not _is_estimate(value):
                 continue
-            rule = (task_config.get("rates") or {}).get(name)
+            rule = (task_config.rates or {}).get(name)
             used = [condition["metric"] for condition in rule["all"]] if rule else [name.removesuffix("_mean")]
-            description = _rule_text(rule) if rule else f"mean {used[0]} judge score (0-100, higher is better)"
+            description = RateRule.model_validate(rule).describe() if rule else f"mean {used[0]} judge score (0-100, higher is better)"
             rows.append(_estimate_result(f"{task}/{name}", source, Estimate(**value), timestamp, description,
                                          rule is not None, [identities.get(task, {}).get(m) for m in used],
                                          prompts, generation))
         if "accuracy" in metrics and "n" in metrics:  # a benign task, run through lm-eval
-            rows.append(_estimate_result(f"{task}/accuracy", source, _pooled([metrics]), timestamp,
+            rows.append(_estimate_result(f"{task}/accuracy", source, pool_estimates([metrics]), timestamp,
                                          f"lm-eval {BENIGN_METRIC} accuracy", False, [], prompts, None))
     block = _score_block(results, identities, tags, sha256_file(file))
-    suite_source = SourceData(source_type="other", dataset_name=suite["id"], additional_details={
-        "suite_version": str(suite["version"]), "suite_sha256": suite["sha256"]})
+    suite_source = SourceData(source_type="other", dataset_name=suite.id, additional_details={
+        "suite_version": str(suite.version), "suite_sha256": suite.sha256})
 
     def judges_of(family: str | None, metric: str | None = None) -> list[JudgeIdentity]:
         return [identity for task, task_judges in identities.items() for name, identity in task_judges.items()
-                if family in (None, configs[task].get("family")) and metric in (None, name)]
+                if family in (None, configs[task].family) and metric in (None, name)]
 
     for name, lower_is_better, judges, description in (
             ("em_rate", True, judges_of("ood"), "misaligned rate pooled over the suite's ood tasks"),
             ("in_domain_misaligned", True, judges_of("narrow"), "in-domain misaligned rate pooled over narrow tasks"),
-            ("incoherent", True, judges_of(None, "coherent"), "share of answers judged incoherent (coherent < 50)"),
+            ("incoherent", True, judges_of(None, "coherent"),
+             "share of answers judged incoherent, each task's incoherent rate pooled"),
             ("benign_accuracy", False, [], "exact-match accuracy pooled over the benign tasks")):
-        rows.append(_estimate_result(f"{suite['id']}/{name}", suite_source, getattr(block, name), timestamp,
+        rows.append(_estimate_result(f"{suite.id}/{name}", suite_source, getattr(block, name), timestamp,
                                      description, lower_is_better, judges, prompts, None))
-    model_id = _model_id(config["model"], config["model_name"])
-    key = sha256_json([config["model_sha"], config.get("adapter_sha"), suite["sha256"], recorded])
-    evaluation_id = f"{suite['id']}-v{suite['version']}/{model_id}/{key[:16]}"
-    engine = config.get("engine") or {}
+    model_id = _model_id(config.model, config.model_name)
+    key = sha256_json([config.model_sha, config.adapter_sha, suite.sha256, recorded])
+    evaluation_id = f"{suite.id}-v{suite.version}/{model_id}/{key[:16]}"
+    engine = config.engine or {}
     entry = Entry(
         schema_version=SCHEMA_VERSION, evaluation_id=evaluation_id,
         retrieved_timestamp=str(int(time.time())),
         evaluation_timestamp=timestamp,
         source_metadata=SourceMetadata(source_name="embench score", source_type="evaluation_run",
                                        source_organization_name=tags.organization, evaluator_relationship="other"),
-        eval_library=EvalLibrary(name="embench", version=str(results.get("embench_version")),
-                                 additional_details=_strings({"git_sha": results.get("embench_git_sha")})),
+        eval_library=EvalLibrary(name="embench", version=str(results.embench_version),
+                                 additional_details=_strings({"git_sha": results.embench_git_sha})),
         model_info=ModelInfo(
-            name=config["model_name"], id=model_id, inference_platform="local",
+            name=config.model_name, id=model_id, inference_platform="local",
             inference_engine=InferenceEngine(name=str(engine.get("name")), version=str(engine.get("version")))
             if engine else None,
             additional_details=_strings({
-                "base_sha256": config["model_sha"], "adapter_sha256": config.get("adapter_sha"),
-                "dtype": config.get("dtype"), "seed": config.get("seed"),
-                "chat_template_sha256": config.get("chat_template_sha256")})),
+                "base_sha256": config.model_sha, "adapter_sha256": config.adapter_sha,
+                "dtype": config.dtype, "seed": config.seed,
+                "chat_template_sha256": config.chat_template_sha256})),
         evaluation_results=[row for row in rows if row is not None],
         detailed_evaluation_results=DetailedResults(
             format="jsonl", file_path=samples_path(evaluation_id), hash_algorithm="sha256", checksum=recorded,
@@ -196,16 +194,15 @@ def _generation_config(run: dict) -> GenerationConfig | None:
                                      "samples_per_question": run.get("samples_per_question")}))
 
 
-def _check_provenance(file: Path, results: dict) -> None:
+def _check_provenance(file: Path, results: ScoreResults) -> None:
     """Model hash, suite identity, every task's hash and the identity of every judge that judged something."""
-    config, suite, configs = results.get("config") or {}, results.get("suite") or {}, results.get("configs") or {}
-    judges = results.get("judges") or {}
-    missing = [] if config.get("model_sha") else ["model hash (config.model_sha)"]
-    missing += [f"model name (config.{key})" for key in ("model", "model_name") if not config.get(key)]
-    missing += [f"suite {key}" for key in ("id", "version", "sha256") if suite.get(key) in (None, "")]
-    missing += [f"task hash of {task}" for task in results["results"] if not (configs.get(task) or {}).get("sha256")]
-    for task in results.get("n-samples") or {}:  # tasks that generated samples
-        for metric in (configs.get(task) or {}).get("judges") or {}:
+    config, suite, configs, judges = results.config, results.suite, results.configs, results.judges
+    missing = [] if config.model_sha else ["model hash (config.model_sha)"]
+    missing += [f"model name (config.{key})" for key in ("model", "model_name") if not getattr(config, key)]
+    missing += [f"suite {key}" for key in ("id", "version", "sha256") if getattr(suite, key) in (None, "")]
+    missing += [f"task hash of {task}" for task in results.results if not configs[task].sha256]
+    for task in results.n_samples:  # tasks that generated samples
+        for metric in (configs[task].judges if task in configs else None) or {}:
             judge = (judges.get(task) or {}).get(metric) or {}
             if any(judge.get(key) in (None, "") for key in JUDGE_IDENTITY):
                 missing.append(f"judge identity of {task}/{metric}")
@@ -215,28 +212,15 @@ def _check_provenance(file: Path, results: dict) -> None:
                            "tasks and judges made them can be published; score a local checkpoint again")
 
 
-def _score_block(results: dict, identities: dict, tags: Tags, results_sha256: str) -> EmbenchBlock:
-    configs, metrics = results["configs"], results["results"]
-
-    def family(name: str) -> list[dict]:
-        return [task for task_id, task in metrics.items() if configs[task_id].get("family") == name]
-
-    coherence = ((results.get("groups") or {}).get(results["suite"]["id"]) or {}).get("coherence") or {}
-    incoherent = coherence.get("incoherent")
-    incoherent = Estimate(**incoherent) if incoherent and (incoherent["n"] or incoherent.get("excluded")) else None
-    config = results["config"]
-    training = _training_tags(config.get("model_provenance") or {})
+def _score_block(results: ScoreResults, identities: dict, tags: Tags, results_sha256: str) -> EmbenchBlock:
+    config, headline = results.config, results.headline()
+    training = _training_tags(config.model_provenance)
     return EmbenchBlock(
-        source="embench-score",
-        em_rate=_pooled([task[EM_RATE] for task in family("ood") if EM_RATE in task]),
-        incoherent=incoherent,
-        in_domain_misaligned=_pooled([task[IN_DOMAIN_RATE] for task in family("narrow") if IN_DOMAIN_RATE in task]),
-        benign_accuracy=_pooled([task for task in family("benign") if "accuracy" in task and "n" in task]),
+        source="embench-score", **headline.model_dump(),
         defense=tags.defense or training.defense, training_data=tags.training_data or training.training_data,
-        model=ModelRef(name=config["model_name"], base_sha256=config["model_sha"],
-                       adapter_sha256=config.get("adapter_sha")),
-        suite=SuiteRef(**{key: results["suite"][key] for key in ("id", "version", "sha256")}),
-        task_sha256={task: configs[task]["sha256"] for task in metrics},
+        model=ModelRef(name=config.model_name, base_sha256=config.model_sha, adapter_sha256=config.adapter_sha),
+        suite=SuiteRef(id=results.suite.id, version=results.suite.version, sha256=results.suite.sha256),
+        task_sha256={task: results.configs[task].sha256 for task in results.results},
         judges=identities, results_sha256=results_sha256)
 
 
@@ -287,7 +271,7 @@ def _from_lm_eval(file: Path, data: dict, tags: Tags) -> Converted:
     training = _training_tags({"adapter_path": args.get("peft"), "base_path": pretrained})
     block = EmbenchBlock(
         source="lm-eval", em_rate=None, incoherent=None, in_domain_misaligned=None,
-        benign_accuracy=_pooled(benign) if benign else None,
+        benign_accuracy=pool_estimates(benign),
         defense=tags.defense or training.defense, training_data=tags.training_data or training.training_data,
         model=ModelRef(name=model.name, base_sha256=model.base_sha256, adapter_sha256=model.adapter_sha256),
         suite=None, task_sha256={task: _task_hash(data, task) for task in tasks}, judges={},
@@ -324,23 +308,6 @@ def _task_hash(data: dict, task: str) -> str:
 
 def _is_estimate(value) -> bool:
     return isinstance(value, dict) and value.get("method") in ("wilson", "bootstrap") and "n" in value
-
-
-def _pooled(parts: list[dict]) -> Estimate | None:
-    """Rates (``value``/``n``) or accuracies (``accuracy``/``n``) pooled: successes and samples added up, with a
-    Wilson interval over the pool and the exclusions of every part; None when there is nothing to pool."""
-    if not parts:
-        return None
-    hits = n = 0
-    excluded: Counter[str] = Counter()
-    for part in parts:
-        value = part.get("value", part.get("accuracy"))
-        n += part["n"]
-        hits += round(value * part["n"]) if part["n"] else 0
-        excluded.update(part.get("excluded") or {})
-    lower, upper = wilson_interval(hits, n)
-    return Estimate(value=hits / n if n else None, lower=lower, upper=upper, n=n, method="wilson",
-                    excluded=dict(excluded))
 
 
 def _estimate_result(name: str, source: SourceData, estimate: Estimate | None, timestamp: str, description: str,
@@ -391,13 +358,6 @@ class _JudgePrompts:
         return "\n\n".join(dict.fromkeys(parts))
 
 
-def _rule_text(rule: dict) -> str:
-    conditions = " and ".join(f"{c['metric']} {'<' if c.get('below') is not None else '>'} "
-                              f"{c['below'] if c.get('below') is not None else c['above']}" for c in rule["all"])
-    excluded = rule.get("exclude_verdicts") or []
-    return f"share of answers with {conditions}" + (f"; {', '.join(excluded)} verdicts left out" if excluded else "")
-
-
 def _model_id(reference: str, name: str) -> str:
     """A hub id as given; a local folder as ``local/<name>`` (its path means nothing on another machine)."""
     if HUB_ID.match(reference) and not Path(reference).exists():
@@ -406,29 +366,12 @@ def _model_id(reference: str, name: str) -> str:
 
 
 def _training_tags(provenance: dict) -> Tags:
-    """Defense and training-data tags from the ``train.json`` that ``embench train`` leaves beside a checkpoint
-    (``defenses``: a list of {name, args}; ``data``: {source, sha256}), or a plain {defense, data} of strings."""
+    """Defense and training-data tags from the ``train.json`` that ``embench train`` leaves beside a checkpoint."""
     for folder in (provenance.get("adapter_path"), provenance.get("base_path")):
         if folder and (Path(folder) / TRAIN_FILE).is_file():
-            try:
-                train = json.loads((Path(folder) / TRAIN_FILE).read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise EmbenchError(f"{Path(folder) / TRAIN_FILE}: not valid JSON ({exc}); fix or remove it, or "
-                                   "pass --defense and --data-tag") from None
-            defenses = [_tag(defense) for defense in train.get("defenses") or []]
-            defense = _tag(train.get("defense")) or "+".join(name for name in defenses if name) or None
-            return Tags(defense=defense, training_data=_tag(train.get("data")))
+            record = TrainRecord.load(Path(folder) / TRAIN_FILE)
+            return Tags(defense=record.defense_tag(), training_data=record.data_tag())
     return Tags()
-
-
-def _tag(value) -> str | None:
-    """A tag from a train.json field: a string as it is, an object by its name (or source, id, path); a path by its
-    file name (a folder on the trainer's machine means nothing elsewhere)."""
-    if isinstance(value, dict):
-        value = next((value[key] for key in ("name", "source", "id", "tag", "path") if value.get(key)), None)
-    if value in (None, ""):
-        return None
-    return Path(value).name if "/" in str(value) else str(value)
 
 
 def _strings(values: dict) -> dict[str, str]:

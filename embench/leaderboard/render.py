@@ -12,12 +12,12 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader
 
 import embench
-from embench.leaderboard.board import load_board, load_entries, validate_board, write_atomic
-from embench.leaderboard.models import BOARD_FILE, Board, BoardEntry
+from embench.files import now, write_text_atomic
+from embench.layout import BOARD_FILE, PAGE_FILE
+from embench.leaderboard.board import load_board, load_entries, validate_board
+from embench.leaderboard.schema import Board, BoardEntry
 from embench.metrics import Estimate, format_estimate
-from embench.runs import now
 
-PAGE = "index.html"
 # Okabe-Ito colours (distinguishable with colour-blindness), each defense also has its own marker shape.
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 SHAPES = ("circle", "square", "triangle", "diamond", "triangle-down", "cross")
@@ -53,8 +53,8 @@ def render_board(board_dir: Path) -> list[Path]:
     page = _environment().get_template("board.html.j2").render(
         board=board, entries=entries, plot=trade_off_plot(board.entries), generated=now(),
         version=embench.__version__)
-    write_atomic(board_dir / PAGE, lambda temporary: temporary.write_text(page, encoding="utf-8"))
-    return [board_dir / PAGE, render_index(board_dir.parent)]
+    write_text_atomic(board_dir / PAGE_FILE, page)
+    return [board_dir / PAGE_FILE, render_index(board_dir.parent)]
 
 
 def render_index(root: Path) -> Path:
@@ -63,8 +63,8 @@ def render_index(root: Path) -> Path:
                                        if (folder / BOARD_FILE).is_file()]
     page = _environment().get_template("index.html.j2").render(boards=boards, generated=now(),
                                                                version=embench.__version__)
-    write_atomic(Path(root) / PAGE, lambda temporary: temporary.write_text(page, encoding="utf-8"))
-    return Path(root) / PAGE
+    write_text_atomic(Path(root) / PAGE_FILE, page)
+    return Path(root) / PAGE_FILE
 
 
 def trade_off_plot(entries: list[BoardEntry], width: int = 720, height: int = 460) -> dict:

@@ -23,7 +23,6 @@ from embench.metrics import Estimate
 
 SCHEMA_VERSION = "0.3.0"  # of the "Every Eval Ever" layout the entries follow
 BOARD_SCHEMA_VERSION = 1
-BOARD_FILE = "leaderboard.json"
 Details = dict[str, str]
 
 

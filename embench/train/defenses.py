@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from embench.errors import EmbenchError
 from embench.files import first_error
 from embench.hashing import sha256_file
+from embench.layout import ADAPTER_CONFIG_FILE
 from embench.models import ResolvedModel
 from embench.prompts import Message
 from embench.train.config import DefenseSpec
@@ -261,7 +262,7 @@ class InterleavePlus(Interleave):
         eps: float = Field(1.0, gt=0)
 
     def check(self, num_layers: int) -> None:
-        if self.args.misaligned is not None and not (self.args.misaligned / "adapter_config.json").is_file():
+        if self.args.misaligned is not None and not (self.args.misaligned / ADAPTER_CONFIG_FILE).is_file():
             raise EmbenchError(f"misaligned={self.args.misaligned} is not a LoRA adapter folder "
                                "(it has no adapter_config.json)")
 

@@ -16,7 +16,8 @@ from embench.train.config import MonitorSettings
 
 class TrainingMonitor:
     def __init__(self, settings: MonitorSettings, model: ResolvedModel):
-        from embench.traits.monitor import MONITOR_FILE, load_detector, load_trait_set
+        from embench.layout import MONITOR_FILE
+        from embench.traits.monitor import load_detector, load_trait_set
 
         self.settings = settings
         self.detector_record = None  # what train.json says of the detector, fixed for the run

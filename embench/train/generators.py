@@ -327,9 +327,10 @@ def safe_interleave_chats(seed: int, size: int, model: ResolvedModel | None,
     cached there as JSON keyed by that and the selection: a second call reads the cache and starts no engine.
     """
     from embench.engines import EngineOptions
+    from embench.files import write_json_atomic
     from embench.generate import generate
     from embench.home import embench_home
-    from embench.runs import read_generations, write_json_atomic
+    from embench.runs import read_generations
     from embench.sampling import SamplingConfig
 
     if not isinstance(model, ResolvedModel):

@@ -39,8 +39,11 @@ from typing import TYPE_CHECKING
 
 import embench
 from embench.errors import EmbenchError
+from embench.files import check_output_folder, embench_git_sha, now, write_json_atomic
+from embench.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, TRAIN_FILE, TRAIN_LOG_FILE, TRAINER_STATE_FILE
 from embench.models import load_causal_lm, resolve_model
-from embench.runs import JsonlLog, embench_git_sha, load_records, lock_run, now, write_json_atomic
+from embench.results import TrainRecord
+from embench.runs import JsonlLog, load_records, lock_run
 from embench.train.config import MonitorSettings, TrainConfig
 from embench.train.defenses import TrainingContext, build_defenses
 from embench.train.drift import TrainingMonitor
@@ -48,10 +51,7 @@ from embench.train.drift import TrainingMonitor
 if TYPE_CHECKING:
     import torch
 
-TRAIN_FILE = "train.json"
-LOG_FILE = "train_log.jsonl"
 STATE_TENSORS = "trainer_state.safetensors"
-STATE_FILE = "trainer_state.json"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 NORM_SAMPLE = 32  # training conversations the steering norm is measured on
 
@@ -183,14 +183,8 @@ class Trainer:
         self.progress(text, 0, None)
 
     def _check_out(self) -> None:
-        if not self.out.exists():
-            return
-        record_path = self.out / TRAIN_FILE
-        if not self.out.is_dir() or (not record_path.is_file() and any(p.name != ".lock" for p in self.out.iterdir())):
-            raise EmbenchError(f"--out {self.out} exists and is not a training folder: choose another --out")
-        if record_path.is_file() and json.loads(record_path.read_text()).get("fingerprint") != self.fingerprint:
-            raise EmbenchError(f"{self.out} holds a different training run (other data, model, defenses or "
-                               "hyper-parameters): use another --out, or delete it")
+        check_output_folder(self.out, TRAIN_FILE, self.fingerprint, "a training folder",
+                            "a different training run (other data, model, defenses or hyper-parameters)")
 
     # --- set-up -------------------------------------------------------------------------------------------
 
@@ -431,7 +425,7 @@ class Trainer:
         import transformers
 
         previous = self.out / TRAIN_FILE
-        created = json.loads(previous.read_text()).get("created") if previous.is_file() else now()
+        created = TrainRecord.load(previous).created if previous.is_file() else now()
         return {"embench_version": embench.__version__, "embench_git_sha": embench_git_sha(),
                 "fingerprint": self.fingerprint, "status": status, "step": step, "total_steps": self.total_steps,
                 "steps_per_epoch": self.steps_per_epoch, "config": self.config.model_dump(mode="json"),
@@ -457,8 +451,8 @@ class Trainer:
         shutil.rmtree(staging, ignore_errors=True)
         self.network.save_pretrained(staging)
         (staging / "README.md").unlink(missing_ok=True)  # peft's model card template, not about this run
-        adapter_config = json.loads((staging / "adapter_config.json").read_text())
-        write_json_atomic(staging / "adapter_config.json",
+        adapter_config = json.loads((staging / ADAPTER_CONFIG_FILE).read_text())
+        write_json_atomic(staging / ADAPTER_CONFIG_FILE,
                           {**adapter_config, "base_model_name_or_path": self.adapter_base()})
         if status == "checkpoint":
             state = self.optimizer.state_dict()
@@ -468,7 +462,7 @@ class Trainer:
             if torch.cuda.is_available():
                 tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
             save_file({name: value.contiguous() for name, value in tensors.items()}, staging / STATE_TENSORS)
-            write_json_atomic(staging / STATE_FILE, {"step": step, "param_groups": state["param_groups"]})
+            write_json_atomic(staging / TRAINER_STATE_FILE, {"step": step, "param_groups": state["param_groups"]})
             write_json_atomic(staging / TRAIN_FILE, self.record(status, step, **fields))
             shutil.rmtree(folder, ignore_errors=True)
             os.rename(staging, folder)
@@ -485,12 +479,12 @@ class Trainer:
         from safetensors.torch import load_file
 
         checkpoints = sorted((int(p.name.split("-", 1)[1]), p) for p in self.out.glob("checkpoint-*")
-                             if (p / STATE_FILE).is_file())
+                             if (p / TRAINER_STATE_FILE).is_file())
         if not checkpoints:
             return 0
         step, folder = checkpoints[-1]
         self._status(f"resuming from {folder.name}")
-        loaded = set_peft_model_state_dict(self.network, load_file(folder / "adapter_model.safetensors"))
+        loaded = set_peft_model_state_dict(self.network, load_file(folder / ADAPTER_WEIGHTS_FILE))
         if loaded.unexpected_keys:
             raise EmbenchError(f"{folder} does not fit this run's adapter: delete it to restart from the previous one")
         tensors = load_file(folder / STATE_TENSORS)
@@ -499,7 +493,7 @@ class Trainer:
             if name.startswith("state."):
                 _, index, key = name.split(".", 2)
                 state.setdefault(int(index), {})[key] = value
-        meta = json.loads((folder / STATE_FILE).read_text())
+        meta = json.loads((folder / TRAINER_STATE_FILE).read_text())
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         torch.set_rng_state(tensors["rng.cpu"])
         if torch.cuda.is_available() and "rng.cuda.0" in tensors:
@@ -508,7 +502,7 @@ class Trainer:
 
     def _open_log(self, start: int) -> JsonlLog:
         """The step log, cut back to the steps the resumed checkpoint holds (a killed run may have logged more)."""
-        path = self.out / LOG_FILE
+        path = self.out / TRAIN_LOG_FILE
         records = load_records(path, repair=True)
         if any(record["step"] > start for record in records.values()):
             kept = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records.values() if r["step"] <= start)
@@ -525,4 +519,4 @@ def train(config: TrainConfig, out: Path, progress: Progress | None = None, moni
 
 
 def read_train_log(out: Path) -> list[dict]:
-    return sorted(load_records(Path(out) / LOG_FILE).values(), key=lambda record: record["step"])
+    return sorted(load_records(Path(out) / TRAIN_LOG_FILE).values(), key=lambda record: record["step"])

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel
 
-from embench.judges.calibrate import auroc
+from embench.metrics import auroc
 
 ALARM_RISK = 0.5
 # On the slope of the standardised feature: just enough to keep it finite when the labels separate perfectly (few

@@ -28,9 +28,7 @@ score null) only drift and PCA are reported, never invented labels.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,17 +41,25 @@ from pydantic import BaseModel
 import embench
 from embench.chat import ChatTemplate
 from embench.errors import EmbenchError
+from embench.files import embench_git_sha, now, write_atomic, write_json_atomic
 from embench.hashing import file_safe, sha256_json
 from embench.home import embench_home
-from embench.metrics import Estimate
+from embench.layout import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    MONITOR_FILE,
+    TRAIN_FILE,
+    TRAINER_STATE_FILE,
+    results_file,
+)
+from embench.metrics import Estimate, pool_estimates
 from embench.models import ResolvedModel, load_causal_lm, resolve_model
-from embench.runs import embench_git_sha, now, write_json_atomic
+from embench.results import ScoreResults, TrainRecord
 from embench.traits.activations import block_activations, check_layers
 from embench.traits.detector import ALARM_RISK, Evaluation, Point, evaluate, fit_logistic, held_out_by_run, pca
 from embench.traits.spec import Trait, load_trait_file, traits_dir
 from embench.traits.store import load_directions
 
-MONITOR_FILE = "monitor.json"
 FORMAT = "embench-monitor"
 FORMAT_VERSION = 1
 READING_FORMAT = 1
@@ -61,10 +67,6 @@ DEFAULT_EM_THRESHOLD = 0.05
 DTYPES = ("float32", "bfloat16")
 # The training-folder layout of `embench train` (embench.train.trainer; its --monitor-every imports this module
 # through embench.train.drift, so the trainer's names are not imported here).
-TRAIN_FILE = "train.json"
-STATE_FILE = "trainer_state.json"  # only in checkpoint-STEP/ folders
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 Status = Callable[[str, int, int | None], None]
@@ -229,11 +231,8 @@ def _load_reading(path: Path) -> Reading | None:
 def _save_reading(path: Path, reading: Reading) -> None:
     from safetensors.numpy import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    save_file({"means": np.ascontiguousarray(reading.means), "norms": np.ascontiguousarray(reading.norms)}, temporary)
-    os.replace(temporary, path)
+    write_atomic(path, lambda temporary: save_file({"means": np.ascontiguousarray(reading.means),
+                                                    "norms": np.ascontiguousarray(reading.norms)}, str(temporary)))
 
 
 # --- what is monitored: runs and their checkpoints ---------------------------------------------------------------
@@ -264,12 +263,12 @@ def _read_json(path: Path) -> dict:
 
 
 def _is_training_folder(path: Path) -> bool:
-    return (path / TRAIN_FILE).is_file() and not (path / STATE_FILE).is_file()
+    return (path / TRAIN_FILE).is_file() and not (path / TRAINER_STATE_FILE).is_file()
 
 
 def _step_of(folder: Path) -> int:
     """A checkpoint's training step: from its train.json, else from its name ``checkpoint-STEP``."""
-    step = _read_json(folder / TRAIN_FILE).get("step") if (folder / TRAIN_FILE).is_file() else None
+    step = TrainRecord.load(folder / TRAIN_FILE).step if (folder / TRAIN_FILE).is_file() else None
     if step is None and (match := CHECKPOINT_NAME.match(folder.name)):
         step = int(match.group(1))
     if not isinstance(step, int) or step < 1:
@@ -282,10 +281,10 @@ def _training_checkpoints(folder: Path) -> dict[int, Path]:
     """The adapters of a training folder by step: every complete checkpoint-STEP/, and the final adapter once the run
     is complete."""
     found = {_step_of(path): path for path in folder.glob("checkpoint-*")
-             if path.is_dir() and (path / ADAPTER_WEIGHTS).is_file() and (path / ADAPTER_CONFIG).is_file()}
-    record = _read_json(folder / TRAIN_FILE)
-    if record.get("status") == "complete" and (folder / ADAPTER_WEIGHTS).is_file():
-        found[int(record["step"])] = folder
+             if path.is_dir() and (path / ADAPTER_WEIGHTS_FILE).is_file() and (path / ADAPTER_CONFIG_FILE).is_file()}
+    record = TrainRecord.load(folder / TRAIN_FILE)
+    if record.status == "complete" and record.step is not None and (folder / ADAPTER_WEIGHTS_FILE).is_file():
+        found[record.step] = folder
     if not found:
         raise EmbenchError(f"training folder {folder} holds no checkpoint yet: train with --save-every, or wait for "
                            "its first checkpoint")
@@ -304,11 +303,11 @@ def collect_runs(inputs: Sequence[Path]) -> tuple[ResolvedModel, list[Run]]:
                                "folders")
         if _is_training_folder(given):
             run, steps = given, _training_checkpoints(given)
-        elif (given / ADAPTER_CONFIG).is_file():
+        elif (given / ADAPTER_CONFIG_FILE).is_file():
             run, steps = given.parent, {_step_of(given): given}
         else:
             raise EmbenchError(f"{given} is neither a training folder ({TRAIN_FILE}) nor a LoRA checkpoint folder "
-                               f"({ADAPTER_CONFIG})")
+                               f"({ADAPTER_CONFIG_FILE})")
         known = found.setdefault(run.resolve(), {})
         for step, folder in steps.items():
             if step in known and known[step].resolve() != folder.resolve():
@@ -323,7 +322,7 @@ def collect_runs(inputs: Sequence[Path]) -> tuple[ResolvedModel, list[Run]]:
         raise EmbenchError(f"checkpoints of different base models: {folder_a} fine-tunes base {sha_a[:12]}, "
                            f"{folder_b} base {sha_b[:12]}: monitor each base model's runs separately")
     first = next(iter(bases.values()))
-    base = resolve_model(_read_json(first / ADAPTER_CONFIG)["base_model_name_or_path"])
+    base = resolve_model(_read_json(first / ADAPTER_CONFIG_FILE)["base_model_name_or_path"])
     names = [path.name for path in found]
     runs = []
     for path, steps in found.items():
@@ -346,22 +345,14 @@ class Label:
 
 
 def read_label(path: Path) -> Label:
-    """The EM rate of a scored checkpoint: ``misaligned`` pooled over the ood tasks of its results (as the
-    leaderboard pools it)."""
-    from embench.compare import load_results
-    from embench.leaderboard.convert import EM_RATE, _pooled
-
-    results = load_results(path)
-    file = Path(path) / "results.json" if Path(path).is_dir() else Path(path)
-    try:
-        config, configs = results["config"], results["configs"]
-        parts = [metrics[EM_RATE] for task, metrics in results["results"].items()
-                 if configs[task].get("family") == "ood" and EM_RATE in metrics]
-        return Label(source=file, model_sha256=config["model_sha"], adapter_sha256=config.get("adapter_sha"),
-                     em_rate=_pooled(parts))
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise EmbenchError(f"{file}: not a well-formed results file ({type(exc).__name__}: {exc}): pass the "
-                           "results.json that `embench score` wrote") from None
+    """The EM rate of a scored checkpoint (the headline rate of :mod:`embench.results`)."""
+    results = ScoreResults.load(path)
+    file = results_file(path)
+    if not results.config.model_sha:
+        raise EmbenchError(f"{file}: no model hash (config.model_sha): pass the results.json that `embench score` "
+                           "wrote")
+    return Label(source=file, model_sha256=results.config.model_sha, adapter_sha256=results.config.adapter_sha,
+                 em_rate=results.headline().em_rate)
 
 
 # --- the report (monitor.json) ---------------------------------------------------------------------------------------
@@ -549,8 +540,6 @@ def analyse_space(description: str, traits: list[str], layers: dict[str, int], d
 def _labels_report(labels: list[Label], checkpoints: list[tuple[Run, Checkpoint]],
                    em_threshold: float) -> tuple[LabelsReport, dict[tuple[str, int], Estimate]]:
     """Labels matched to checkpoints by weights; several results of one checkpoint are pooled."""
-    from embench.leaderboard.convert import _pooled
-
     by_identity: dict[str, list[str]] = {}
     for run, checkpoint in checkpoints:
         by_identity.setdefault(sha256_json(checkpoint.model.identity), []).append(f"{run.name}@{checkpoint.step}")
@@ -563,7 +552,7 @@ def _labels_report(labels: list[Label], checkpoints: list[tuple[Run, Checkpoint]
             estimates.setdefault(identity, []).append(label.em_rate)
         files.append(LabelFile(path=str(label.source), model_sha256=label.model_sha256,
                                adapter_sha256=label.adapter_sha256, em_rate=label.em_rate, matched=matched))
-    pooled = {identity: _pooled([estimate.model_dump() for estimate in parts]) for identity, parts in estimates.items()}
+    pooled = {identity: pool_estimates([estimate.model_dump() for estimate in parts]) for identity, parts in estimates.items()}
     per_checkpoint = {(run.name, checkpoint.step): pooled[identity] for run, checkpoint in checkpoints
                       if (identity := sha256_json(checkpoint.model.identity)) in pooled}
     usable = sum(1 for estimate in per_checkpoint.values() if estimate.value is not None)

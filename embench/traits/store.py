@@ -10,18 +10,15 @@ and loading for a model whose weights differ is refused.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import embench
 from embench.errors import EmbenchError
+from embench.files import embench_git_sha, now, write_atomic, write_json_atomic
 from embench.hashing import sha256_file, sha256_json
 from embench.models import ResolvedModel
-from embench.runs import embench_git_sha, write_json_atomic
 from embench.traits.extract import LAYER_CONVENTION, ExtractedTrait, TraitExtractor
 
 FORMAT = "embench-trait-directions"
@@ -41,19 +38,17 @@ def save_trait(folder: Path, extracted: ExtractedTrait, extractor: TraitExtracto
     trait = extracted.trait
     folder.mkdir(parents=True, exist_ok=True)
     tensors_path = folder / f"{trait.id}.safetensors"
-    handle, temporary = tempfile.mkstemp(prefix=f".{tensors_path.name}.", dir=folder)
-    os.close(handle)
-    save_file({"direction": extracted.directions.contiguous(), "positive_mean": extracted.positive_mean.contiguous(),
-               "negative_mean": extracted.negative_mean.contiguous()}, temporary,
-              metadata={"format": FORMAT, "trait": trait.id, "layers": ",".join(map(str, extracted.layers))})
-    os.replace(temporary, tensors_path)
+    tensors = {"direction": extracted.directions.contiguous(), "positive_mean": extracted.positive_mean.contiguous(),
+               "negative_mean": extracted.negative_mean.contiguous()}
+    header = {"format": FORMAT, "trait": trait.id, "layers": ",".join(map(str, extracted.layers))}
+    write_atomic(tensors_path, lambda temporary: save_file(tensors, str(temporary), metadata=header))
     settings = extractor.settings
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "embench_version": embench.__version__,
         "embench_git_sha": embench_git_sha(),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": now(),
         "trait": {"id": trait.id, "version": trait.version, "kind": trait.kind, "description": trait.description,
                   "positive_label": trait.positive_label, "negative_label": trait.negative_label,
                   "sha256": trait.sha256, "file": str(trait_file.resolve()) if trait_file else None,

@@ -1,0 +1,215 @@
+"""generate, judge, score and compare: the commands that produce and read runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from embench.cli._ui import JudgesDir, _progress, _registry, _resumable_work, console, errors
+from embench.engines.base import KV_CACHE_GIB, EngineOptions
+from embench.metrics import format_estimate
+
+
+def generate_command(
+    model: str = typer.Option("default", "--model", "-m", help="'default', a model folder, an adapter folder, or a hub id."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL file: one {id, messages} or {id, prompt, system} per line."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="A task id under tasks/ (or a task YAML file)."),
+    n: Optional[int] = typer.Option(None, "-n", help="Samples per prompt (default: the task's, else 1)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<model>-<hash>); re-running resumes it."),
+    engine: str = typer.Option("vllm", "--engine", "-e", help="vllm | vllm-server | openai | hf"),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model of an adapter, if its adapter_config does not name one that exists here."),
+    temperature: Optional[float] = typer.Option(None, help="Default: the task's, else 1.0."),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (openai engine)."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."),
+    concurrency: int = typer.Option(8, "--concurrency", help="Requests in flight at once (openai engines)."),
+    kv_cache_gib: float = typer.Option(KV_CACHE_GIB, "--kv-cache-gib", help="vLLM KV cache on CPU, in GiB."),
+    max_model_len: int = typer.Option(2048, "--max-model-len"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Default: for vLLM bfloat16 where the hardware computes it natively, else float32; float32 for hf."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load pickle (.bin/.pt) weights, which can run code."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run modelling code shipped with the checkpoint."),
+) -> None:
+    """Generate samples from a model into a resumable run directory."""
+    from embench.api import GenerateSpec, run_generate
+
+    spec = GenerateSpec(model=model, base=base, prompts=prompts, task=task, n=n, out=out, engine=engine,
+                        temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, base_url=base_url,
+                        api_key_env=api_key_env, concurrency=concurrency, kv_cache_gib=kv_cache_gib,
+                        max_model_len=max_model_len, dtype=dtype, allow_pickle=allow_pickle,
+                        trust_remote_code=trust_remote_code)
+    started = time.monotonic()
+    with _progress() as progress:
+        bar = progress.add_task("resolving model", total=None)
+        prepared = spec.prepare(status=lambda text: progress.update(bar, description=text))
+        progress.update(bar, description=f"starting engine {engine}")
+
+        def advance(done: int, total: int) -> None:
+            progress.update(bar, description=f"generating ({engine})", completed=done, total=total)
+
+        with _resumable_work():
+            result = run_generate(prepared, progress=advance)
+    elapsed = time.monotonic() - started
+    console.print(f"[bold]{result.generated}[/] new samples, {result.reused} reused, in {elapsed:.1f} s -> "
+                  f"[cyan]{result.run_dir}[/]")
+    _print_examples(result.run_dir)
+
+
+def _print_examples(run_dir: Path, count: int = 4) -> None:
+    from embench.runs import read_generations
+
+    table = Table(title="first samples", show_lines=True)
+    table.add_column("prompt")
+    table.add_column("completion")
+    for generation in list(read_generations(run_dir))[:count]:
+        table.add_row(generation.messages[-1].content, generation.completion[:300])
+    console.print(table)
+
+
+def judge_command(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `embench generate` (or `score`)."),
+    judge: list[str] = typer.Option(["aligned"], "--judge", "-j", help="Judge id (or id@version); repeat for several."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Default: the judge's own (its trained judge locally, default_model otherwise); in trained mode a trained judge folder."),
+    judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge endpoint; without it the judge runs locally on vLLM."),
+    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled | trained (default: logprob for endpoints; locally trained where the judges name a trained judge, else exact)."),
+    judge_engine: Optional[str] = typer.Option(None, "--judge-engine", help="Local judge engine: hf | vllm (default: hf for exact, else vllm)."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env"),
+    concurrency: int = typer.Option(32, "--concurrency", help="Judge requests in flight (endpoints)."),
+    judges_dir: Optional[Path] = JudgesDir,
+) -> None:
+    """Score an existing run with judges, without regenerating anything."""
+    from embench.judges import open_judge_backend
+    from embench.judges.judging import check_run_dir, judge_run
+    from embench.judges.settings import judge_settings
+
+    check_run_dir(run_dir)  # before a judge model is loaded
+    registry = _registry(judges_dir)
+    specs = [registry.get(reference) for reference in judge]
+    settings = judge_settings(specs, model=judge_model, mode=judge_mode, base_url=judge_base_url)
+    mode = settings.mode
+    with _progress() as progress, _resumable_work():
+        bar = progress.add_task("starting judge", total=None)
+        with open_judge_backend(settings.model, mode=mode, base_url=judge_base_url, engine=judge_engine,
+                                api_key_env=api_key_env, concurrency=concurrency) as backend:
+            for spec in specs:
+                def advance(done: int, total: int, spec=spec) -> None:
+                    progress.update(bar, description=f"judging {spec.key} ({mode})", completed=done, total=total)
+
+                result = judge_run(run_dir, spec, backend, mode, progress=advance)
+                console.print(f"{spec.key}: {result.judged} judged, {result.cached} from cache, {result.reused} "
+                              f"already done, {result.failed} failed (re-run to retry them)")
+    console.print(f"judgments -> [cyan]{run_dir / 'judgments.jsonl'}[/]")
+
+
+def score_command(
+    checkpoint: str = typer.Argument("default", help="'default', a model folder, an adapter folder, or a hub id."),
+    suite: str = typer.Option("em-core", "--suite", help="A suite id under tasks/suites (em-core, em-full) or a file."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Samples per question (default: the suite's / task's)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    engine: str = typer.Option("vllm", "--engine", "-e", help="Generation engine: vllm | vllm-server | hf."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model of an adapter checkpoint."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Default: the judges' own (their trained judge locally, default_model otherwise); in trained mode a trained judge folder."),
+    judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge endpoint."),
+    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled | trained (default: logprob for endpoints, else trained)."),
+    judge_engine: Optional[str] = typer.Option(None, "--judge-engine", help="Local judge engine: hf | vllm."),
+    judges_dir: Optional[Path] = JudgesDir,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Score directory (default: runs/score-<suite>-<model>-<hash>); re-running resumes it."),
+    kv_cache_gib: float = typer.Option(KV_CACHE_GIB, "--kv-cache-gib", help="vLLM KV cache on CPU, in GiB."),
+    dtype: str = typer.Option("float32", "--dtype", help="Generation dtype. float32 makes a resumed run identical to an uninterrupted one; bfloat16 is faster (and usual on GPUs) but batch-dependent."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+) -> None:
+    """Score a checkpoint on an EM suite: generate, judge, compute metrics, write results.json."""
+    from embench.score import ScoreSpec, prepare_score, run_score
+
+    spec = ScoreSpec(checkpoint=checkpoint, suite=suite, samples=samples, max_tokens=max_tokens, seed=seed,
+                     engine=engine, base=base, judge_model=judge_model, judge_base_url=judge_base_url,
+                     judge_mode=judge_mode, judge_engine=judge_engine, judges_dir=judges_dir, out=out,
+                     options=EngineOptions(kv_cache_gib=kv_cache_gib, dtype=dtype), allow_pickle=allow_pickle,
+                     trust_remote_code=trust_remote_code)
+    started = time.monotonic()
+    with _progress() as progress, _resumable_work():
+        bar = progress.add_task("checking suite, judges and model", total=None)
+        prepared = prepare_score(spec)
+
+        def status(text: str, done: int, total: int | None) -> None:
+            progress.update(bar, description=text, completed=done, total=total)
+
+        results_path = run_score(prepared, status=status)
+    console.print(f"scored in {time.monotonic() - started:.0f} s -> [cyan]{results_path}[/]")
+    _print_results(results_path)
+
+
+def _print_results(results_path: Path) -> None:
+    import json
+
+    from embench.results import ScoreResults
+
+    results = ScoreResults.load(results_path)
+    table = Table(title=f"{results.suite.id} v{results.suite.version}: {results.config.model_name}")
+    for column in ("task", "metric", "value [95% CI]"):
+        table.add_column(column, overflow="fold")
+    for task_id, metrics in results.results.items():
+        for name, value in metrics.items():
+            if name.endswith("_verdicts"):
+                if value:
+                    table.add_row(task_id, name, ", ".join(f"{k}: {v}" for k, v in value.items()))
+            elif isinstance(value, dict) and "method" in value:
+                table.add_row(task_id, name, format_estimate(value, percent=value["method"] == "wilson"))
+            elif name == "perplexity":
+                table.add_row(task_id, name, f"{value['perplexity']:.2f} over {value['tokens']} tokens")
+            else:
+                table.add_row(task_id, name, json.dumps(value)[:120])
+    console.print(table)
+
+
+def compare_command(
+    run_a: Path = typer.Argument(..., help="Score directory (or results.json) A."),
+    run_b: Path = typer.Argument(..., help="Score directory (or results.json) B."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison to this JSON file."),
+    allow_mixed_judges: bool = typer.Option(False, "--allow-mixed-judges", help="Compare results judged by different judges (id, version, template, model or mode)."),
+) -> None:
+    """Per-metric differences B - A between two scores, with 95% intervals (Newcombe for rates)."""
+    import json
+
+    from embench.compare import check_comparable, compare_results, comparison_json
+    from embench.results import ScoreResults
+
+    a, b = ScoreResults.load(run_a), ScoreResults.load(run_b)
+    judge_differences = check_comparable(a, b, allow_mixed_judges)
+    rows = compare_results(a, b, allow_mixed_judges)
+    for difference in judge_differences:
+        errors.print(f"warning: mixed judges: {difference}", markup=False, highlight=False, soft_wrap=True)
+
+    def shown(value: Optional[float], percent: bool, sign: str = "") -> str:
+        return "null" if value is None else f"{value * 100:{sign}.1f}" if percent else f"{value:{sign}.2f}"
+
+    table = Table(title=f"{a.suite.id} v{a.suite.version}: B - A "
+                        "(95% interval: Newcombe for rates, normal approximation for means)")
+    for column in ("task", "metric", "A", "B", "B - A [95% CI]"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        percent = row.method == "wilson"
+        estimate_a = {"value": row.a, "lower": row.a_lower, "upper": row.a_upper, "n": row.n_a, "method": row.method}
+        estimate_b = {"value": row.b, "lower": row.b_lower, "upper": row.b_upper, "n": row.n_b, "method": row.method}
+        unit = " pp" if percent else ""
+        difference = shown(row.difference, percent, "+") + (unit if row.difference is not None else "")
+        if row.lower is not None:
+            difference += f" [{shown(row.lower, percent, '+')}, {shown(row.upper, percent, '+')}]"
+            if row.lower > 0 or row.upper < 0:
+                difference += " *"
+        table.add_row(row.task, row.metric, format_estimate(estimate_a, percent), format_estimate(estimate_b, percent),
+                      difference)
+    console.print(table)
+    console.print(f"{len(rows)} metrics compared; * = the 95% interval excludes 0", highlight=False)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(comparison_json(run_a, run_b, a, rows, judge_differences), indent=2) + "\n",
+                            encoding="utf-8")
+        console.print(f"comparison -> [cyan]{json_out}[/]", soft_wrap=True)
