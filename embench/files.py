@@ -135,6 +135,16 @@ def field_error(path: Path, exc: ValidationError) -> EmbenchError:
 Model = TypeVar("Model", bound=BaseModel)
 
 
+def validated(model: type[Model], data, where: str, whole: str = "(file)") -> Model:
+    """``data`` as ``model``; a problem is one line, ``{where}: field 'a.b': message`` (``whole`` names a problem
+    of the whole object)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        field, message = first_error(exc)
+        raise EmbenchError(f"{where}: field '{field or whole}': {message}") from None
+
+
 def read_jsonl_models(path: Path, model: type[Model], fields: str) -> list[tuple[int, Model]]:
     """Each non-empty line of a JSON Lines file validated as ``model``, with its line number; every problem is one
     line naming file and line (``fields`` lists the expected fields for the message about non-objects)."""
@@ -152,9 +162,5 @@ def read_jsonl_models(path: Path, model: type[Model], fields: str) -> list[tuple
             raise EmbenchError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
         if not isinstance(data, dict):
             raise EmbenchError(f"{path}:{number}: each line must be a JSON object ({fields})")
-        try:
-            items.append((number, model.model_validate(data)))
-        except ValidationError as exc:
-            field, message = first_error(exc)
-            raise EmbenchError(f"{path}:{number}: field '{field or '(line)'}': {message}") from None
+        items.append((number, validated(model, data, f"{path}:{number}", whole="(line)")))
     return items

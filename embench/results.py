@@ -18,10 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from embench.errors import EmbenchError
-from embench.files import first_error, read_json, write_json_atomic
+from embench.files import read_json, validated, write_json_atomic
 from embench.layout import RESULTS_FILE, results_file
 from embench.metrics import Estimate, pool_estimates
 
@@ -112,12 +112,7 @@ class ScoreResults(BaseModel):
         if not isinstance(data, dict) or not isinstance(data.get("results"), dict) \
                 or not isinstance(data.get("suite"), dict):
             raise EmbenchError(f"{file}: not a {RESULTS_FILE} written by `embench score` (no 'results' and 'suite')")
-        try:
-            results = cls.model_validate(data)
-        except ValidationError as exc:
-            field, message = first_error(exc)
-            raise EmbenchError(f"{file}: not a well-formed {RESULTS_FILE} (field '{field}': {message}): pass the "
-                               "file `embench score` wrote") from None
+        results = validated(cls, data, f"{file}: not a well-formed {RESULTS_FILE}")
         missing = sorted(set(results.results) - set(results.configs))
         if missing:
             raise EmbenchError(f"{file}: not a well-formed {RESULTS_FILE}: task '{missing[0]}' has results but no "
@@ -190,11 +185,7 @@ class TrainRecord(BaseModel):
         data = read_json(path, "a train.json written by `embench train`")
         if not isinstance(data, dict):
             raise EmbenchError(f"{path}: expected a JSON object: this file is not a train.json of `embench train`")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            field, message = first_error(exc)
-            raise EmbenchError(f"{path}: not a train.json of `embench train` (field '{field}': {message})") from None
+        return validated(cls, data, f"{path}: not a train.json of `embench train`")
 
     def defense_tag(self) -> str | None:
         return _file_name(self.defense) or "+".join(defense.name for defense in self.defenses) or None

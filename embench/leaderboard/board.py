@@ -15,10 +15,10 @@ from pathlib import Path
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from embench.errors import EmbenchError
-from embench.files import FolderLock, first_error, now, write_atomic, write_json_atomic
+from embench.files import FolderLock, now, validated, write_atomic, write_json_atomic
 from embench.hashing import sha256_file
 from embench.judges import JudgeRegistry
 from embench.judges.spec import JUDGE_IDENTITY
@@ -215,11 +215,7 @@ def _check(model: type[BaseModel], data, file: Path):
     if error is not None:
         where = error.json_path.removeprefix("$.").removeprefix("$") or "(file)"
         raise EmbenchError(f"{file}: field '{where}': {error.message[:200]}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        field, message = first_error(exc)
-        raise EmbenchError(f"{file}: field '{field or '(file)'}': {message}") from None
+    return validated(model, data, str(file))
 
 
 def _read_json(file: Path):
