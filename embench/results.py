@@ -123,7 +123,9 @@ class ScoreResults(BaseModel):
         write_json_atomic(path, self.to_json())
 
     def to_json(self) -> dict:
-        return self.model_dump(mode="json", by_alias=True, exclude_unset=False)
+        """The file's keys as written (fields a file left out stay out), stamped with the format version."""
+        return {"format_version": self.format_version,
+                **self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"format_version"})}
 
     def tasks_of(self, family: str | None) -> list[str]:
         """The tasks of a family (every task for None), in the results' order."""
