@@ -1,7 +1,9 @@
-"""The Python API behind the CLI: flags in, validated objects out, then the same calls the CLI makes.
+"""The Python API behind the CLI: a spec (the flags), ``prepare`` (checks everything, loads no model, writes
+nothing), then ``run_*`` (the work) returning a typed result.
 
     from embench.api import GenerateSpec, run_generate
     result = run_generate(GenerateSpec(model="default", task="smoke", n=2).prepare())
+    results = run_judging(JudgeRunSpec(run_dir, ["aligned"], JudgeOptions()).prepare())
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ from embench.engines import EngineOptions, check_engine
 from embench.engines.base import KV_CACHE_GIB
 from embench.errors import EmbenchError
 from embench.generate import GenerateResult, ProgressCallback, generate
+from embench.judges import JudgeRegistry, JudgeSpec
+from embench.judges.calibrate import (
+    CalibrationItem,
+    CalibrationReport,
+    calibrate,
+    load_calibration_set,
+    resolve_calibration_set,
+)
+from embench.judges.judging import JudgeRunResult, check_run_dir, judge_run
+from embench.judges.settings import JudgeSettings, judge_settings
 from embench.models import RemoteModel, ResolvedModel, resolve_model
 from embench.prompts import Prompt, load_prompts
 from embench.sampling import SamplingConfig
@@ -99,3 +111,96 @@ def run_generate(prepared: PreparedGeneration, progress: ProgressCallback | None
     return generate(prepared.model, prepared.prompts, prepared.out, engine=prepared.engine, n=prepared.n,
                     sampling=prepared.sampling, options=prepared.options, prompts_source=prepared.prompts_source,
                     progress=progress)
+
+
+@dataclass
+class JudgeOptions:
+    """The judge flags every judging job shares; ``None`` means the default :func:`judge_settings` resolves."""
+
+    model: str | None = None
+    base_url: str | None = None
+    mode: str | None = None
+    engine: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 32
+
+    def settings(self, specs: list[JudgeSpec]) -> JudgeSettings:
+        return judge_settings(specs, model=self.model, mode=self.mode, base_url=self.base_url, engine=self.engine,
+                              api_key_env=self.api_key_env, concurrency=self.concurrency)
+
+
+@dataclass
+class JudgeRunSpec:
+    """What ``embench judge`` takes: judge the generations of a run directory with some judges."""
+
+    run_dir: Path
+    judges: list[str]
+    judge: JudgeOptions
+    judges_dir: Path | None = None
+
+    def prepare(self) -> "PreparedJudging":
+        """The run directory, the judges and the settings checked; no judge model is loaded yet."""
+        check_run_dir(self.run_dir)
+        registry = JudgeRegistry.default(self.judges_dir)
+        specs = [registry.get(reference) for reference in self.judges]
+        return PreparedJudging(run_dir=self.run_dir, specs=specs, settings=self.judge.settings(specs))
+
+
+@dataclass
+class PreparedJudging:
+    run_dir: Path
+    specs: list[JudgeSpec]
+    settings: JudgeSettings
+
+
+def run_judging(prepared: PreparedJudging,
+                progress: Callable[[JudgeSpec, int, int], None] | None = None) -> dict[str, JudgeRunResult]:
+    """Every judge over the run, on one backend; per judge key, what was judged, cached, reused or failed."""
+    results = {}
+    with prepared.settings.open() as backend:
+        for spec in prepared.specs:
+            advance = None if progress is None else (lambda done, total, spec=spec: progress(spec, done, total))
+            results[spec.key] = judge_run(prepared.run_dir, spec, backend, prepared.settings.mode, progress=advance)
+    return results
+
+
+@dataclass
+class CalibrateSpec:
+    """What ``embench judges calibrate`` takes: a judge measured on a labelled calibration set."""
+
+    judge_ref: str
+    judge: JudgeOptions
+    calibration_set: Path | None = None  # default: the judge's own set under judges/calibration/
+    limit: int | None = None
+    out: Path | None = None  # default: ./calibration-<id>-v<version>.json
+    judges_dir: Path | None = None
+
+    def prepare(self) -> "PreparedCalibration":
+        """The judge, settings and set read and checked; no judge model is loaded yet."""
+        if self.limit is not None and self.limit < 1:
+            raise EmbenchError(f"--limit must be at least 1 (got {self.limit})")
+        spec = JudgeRegistry.default(self.judges_dir).get(self.judge_ref)
+        settings = self.judge.settings([spec])
+        set_path = resolve_calibration_set(spec.id, self.calibration_set)
+        items = load_calibration_set(set_path)[:self.limit]
+        report = self.out or Path.cwd() / f"calibration-{spec.id}-v{spec.version}.json"
+        return PreparedCalibration(spec=spec, settings=settings, set_path=set_path, items=items, report_path=report)
+
+
+@dataclass
+class PreparedCalibration:
+    spec: JudgeSpec
+    settings: JudgeSettings
+    set_path: Path
+    items: list[CalibrationItem]
+    report_path: Path
+
+
+def run_calibration(prepared: PreparedCalibration,
+                    progress: Callable[[int, int], None] | None = None) -> CalibrationReport:
+    """Judge the set, measure, write the report to ``prepared.report_path`` and return it."""
+    with prepared.settings.open() as backend:
+        report = calibrate(prepared.spec, backend, prepared.settings.mode, prepared.items,
+                           set_path=prepared.set_path, progress=progress)
+    report.write(prepared.report_path)
+    return report

@@ -306,7 +306,8 @@ def plan_reproduce(spec: ReproduceSpec) -> ReproducePlan:
     suite, tasks, probes, benign = _assemble_suite(preset, preset_path)
     registry = JudgeRegistry.default()
     settings = judge_settings([registry.get(judge) for task in tasks for judge in task.judges.values()],
-                              model=score.judge_model, mode=score.judge_mode, base_url=score.judge_base_url)
+                              model=score.judge_model, mode=score.judge_mode, base_url=score.judge_base_url,
+                              engine=score.judge_engine)
     out = Path(spec.out) if spec.out is not None else Path("runs") / f"reproduce-{preset.id}"
     cells = []
     for dataset in datasets:

@@ -21,9 +21,9 @@ from embench.errors import EmbenchError
 from embench.files import embench_git_sha, now, write_json_atomic
 from embench.generate import generate
 from embench.hashing import file_safe, sha256_file, sha256_json
-from embench.judges import JudgeRegistry, JudgeSpec, open_judge_backend
+from embench.judges import JudgeRegistry, JudgeSpec
 from embench.judges.judging import judge_run
-from embench.judges.settings import judge_settings
+from embench.judges.settings import JudgeSettings, judge_settings
 from embench.judges.trained import TRAINED_MODE, load_trained_judge
 from embench.layout import (
     GENERATIONS_FILE,
@@ -76,8 +76,7 @@ class PreparedScore:
     suite: Suite
     tasks: list[Task]
     judges: dict[str, dict[str, JudgeSpec]]  # task id -> metric -> judge
-    judge_model: str
-    judge_mode: str
+    judge: JudgeSettings
     out: Path
     self_judging: bool  # the checkpoint judges itself on vLLM: one engine serves generation and judging
 
@@ -108,24 +107,24 @@ def prepare_score(spec: ScoreSpec) -> PreparedScore:
     registry = JudgeRegistry.default(spec.judges_dir)
     judges = {task.id: {metric: registry.get(judge_id) for metric, judge_id in task.judges.items()} for task in tasks}
     settings = judge_settings([judge for task_judges in judges.values() for judge in task_judges.values()],
-                              model=spec.judge_model, mode=spec.judge_mode, base_url=spec.judge_base_url)
-    judge_model, judge_mode = settings.model, settings.mode
+                              model=spec.judge_model, mode=spec.judge_mode, base_url=spec.judge_base_url,
+                              engine=spec.judge_engine)
     model = resolve_model(spec.checkpoint, spec.base, allow_pickle=spec.allow_pickle,
                           trust_remote_code=spec.trust_remote_code)
-    local_judge_engine = spec.judge_engine or ("hf" if judge_mode == "exact" else "vllm")
     self_judging = False
-    if judge_mode == TRAINED_MODE:  # a trained judge is checked now (weights, hash, base), not after the generation
-        trained = load_trained_judge(judge_model)
+    if settings.mode == TRAINED_MODE:  # a trained judge is checked now (weights, hash, base), not after generating
+        trained = load_trained_judge(settings.model)
         trained.resolve_base()
         for task_judges in judges.values():
             for judge in task_judges.values():
                 trained.check_output(judge.id)
-    elif spec.judge_base_url is None:  # a local judge model is checked now, not after the generation
-        self_judging = (local_judge_engine == "vllm" and spec.engine == "vllm"
-                        and resolve_model(judge_model).identity == model.identity)
+    elif settings.base_url is None:  # a local judge model is checked now, not after the generation
+        check_engine(settings.local_engine)
+        self_judging = (settings.local_engine == "vllm" and spec.engine == "vllm"
+                        and resolve_model(settings.model).identity == model.identity)
     out = spec.out or default_score_dir(model, suite, spec)
-    return PreparedScore(spec=spec, model=model, suite=suite, tasks=tasks, judges=judges, judge_model=judge_model,
-                         judge_mode=judge_mode, out=out, self_judging=self_judging)
+    return PreparedScore(spec=spec, model=model, suite=suite, tasks=tasks, judges=judges, judge=settings, out=out,
+                         self_judging=self_judging)
 
 
 def default_score_dir(model: ResolvedModel, suite: Suite, spec: ScoreSpec) -> Path:
@@ -176,15 +175,13 @@ def run_score(prepared: PreparedScore, status: Status | None = None) -> Path:
                 judge_backend = VLLMJudgeBackend(model, spec.options, llm=backend.llm)
             else:
                 generation_engine.close()  # free the generation engine before a judge model loads
-                judge_backend = open_judge_backend(prepared.judge_model, mode=prepared.judge_mode,
-                                                   base_url=spec.judge_base_url, engine=spec.judge_engine,
-                                                   options=spec.options)
+                judge_backend = prepared.judge.open(spec.options)
             with judge_backend:
                 lap("judge_load")
                 judge_info = judge_backend.info()
                 for task in judged_tasks:
                     for metric, judge in prepared.judges[task.id].items():
-                        judge_run(task_run_dir(out, task.id), judge, judge_backend, prepared.judge_mode,
+                        judge_run(task_run_dir(out, task.id), judge, judge_backend, prepared.judge.mode,
                                   progress=lambda done, total, task=task, metric=metric:
                                   say(f"judging {task.id}: {metric}", done, total))
                 lap("judging")
@@ -275,7 +272,7 @@ def build_results(prepared: PreparedScore, created: str, engine_info, judge_info
             samples, sampling = task_sampling(task, suite, prepared.spec)
             n_samples[task.id] = {"original": len(task.questions) * samples, "effective": len(rows)}
             configs[task.id]["run"] = {"samples_per_question": samples, "sampling": sampling.model_dump()}
-            judges_used[task.id] = {metric: {**judge.identity(judge_info["judge_model"], prepared.judge_mode),
+            judges_used[task.id] = {metric: {**judge.identity(judge_info["judge_model"], prepared.judge.mode),
                                              "backend": judge_info}
                                     for metric, judge in prepared.judges[task.id].items()} if judge_info else {}
             if "coherent" in task.judges:

@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from embench.cli._ui import JudgesDir, _progress, _registry, _resumable_work, console
-from embench.errors import EmbenchError
 
 judges_app = typer.Typer(add_completion=False, no_args_is_help=True,
                          help="Judges: list, show, render, validate, add, calibrate, train.")
@@ -84,21 +83,13 @@ def judges_calibrate_command(
     judges_dir: Optional[Path] = JudgesDir,
 ) -> None:
     """Judge a labelled calibration set and report AUROC, Spearman, verdict accuracy, nulls and injection shift."""
-    from embench.judges import open_judge_backend
-    from embench.judges.calibrate import calibrate, load_calibration_set, resolve_calibration_set
-    from embench.judges.scoring import MIN_NUMBER_MASS
-    from embench.judges.settings import judge_settings
+    from embench.api import CalibrateSpec, JudgeOptions, run_calibration
 
-    spec = _registry(judges_dir).get(judge)
-    settings = judge_settings([spec], model=judge_model, mode=judge_mode, base_url=judge_base_url)
-    mode = settings.mode
-    if judge_engine is not None and judge_engine not in ("hf", "vllm"):
-        raise EmbenchError(f"unknown --judge-engine '{judge_engine}': choose hf or vllm")
-    if limit is not None and limit < 1:
-        raise EmbenchError(f"--limit must be at least 1 (got {limit})")
-    set_path = resolve_calibration_set(spec.id, calibration_set)
-    items = load_calibration_set(set_path)[:limit]
-    report_path = out or Path.cwd() / f"calibration-{spec.id}-v{spec.version}.json"
+    prepared = CalibrateSpec(judge_ref=judge, calibration_set=calibration_set, limit=limit, out=out,
+                             judges_dir=judges_dir, judge=JudgeOptions(
+                                 model=judge_model, base_url=judge_base_url, mode=judge_mode, engine=judge_engine,
+                                 api_key_env=api_key_env, concurrency=concurrency)).prepare()
+    spec, mode = prepared.spec, prepared.settings.mode
     started = time.monotonic()
     with _progress() as progress, _resumable_work():
         bar = progress.add_task("starting judge", total=None)
@@ -106,17 +97,19 @@ def judges_calibrate_command(
         def advance(done: int, total: int) -> None:
             progress.update(bar, description=f"calibrating {spec.key} ({mode})", completed=done, total=total)
 
-        with open_judge_backend(settings.model, mode=mode, base_url=judge_base_url,
-                                engine=judge_engine, api_key_env=api_key_env, concurrency=concurrency) as backend:
-            report = calibrate(spec, backend, mode, items, set_path=set_path, progress=advance)
-    report.write(report_path)
-    elapsed = time.monotonic() - started
+        report = run_calibration(prepared, progress=advance)
+    _print_calibration(report, len(prepared.items), time.monotonic() - started, prepared.report_path)
+
+
+def _print_calibration(report, items: int, elapsed: float, report_path: Path) -> None:
+    from embench.judges.scoring import MIN_NUMBER_MASS
 
     def number(value: Optional[float], digits: int = 3) -> str:
         return "null" if value is None else f"{value:.{digits}f}"
 
     metrics = report.metrics
-    table = Table(title=f"calibration of {spec.key} ({mode}, {report.judge['judge_model']})")
+    table = Table(title=f"calibration of {report.judge['judge_id']}@{report.judge['judge_version']} "
+                        f"({report.judge['mode']}, {report.judge['judge_model']})")
     for column in ("metric", "value", "data"):
         table.add_column(column, overflow="fold")
     table.add_row("AUROC", number(metrics.auroc),
@@ -140,7 +133,7 @@ def judges_calibrate_command(
         categories.add_row(category, str(stats.n), str(stats.scored), number(stats.mean_score, 1),
                            number(stats.mean_valid_mass), verdicts)
     console.print(categories)
-    console.print(f"{len(items)} items in {elapsed:.1f} s; report -> [cyan]{report_path}[/]", soft_wrap=True)
+    console.print(f"{items} items in {elapsed:.1f} s; report -> [cyan]{report_path}[/]", soft_wrap=True)
 
 
 @judges_app.command("train")

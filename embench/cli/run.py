@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from embench.cli._ui import JudgesDir, _progress, _registry, _resumable_work, console, errors
+from embench.cli._ui import JudgesDir, _progress, _resumable_work, console, errors
 from embench.engines.base import KV_CACHE_GIB, EngineOptions
 from embench.metrics import format_estimate
 
@@ -83,27 +83,24 @@ def judge_command(
     judges_dir: Optional[Path] = JudgesDir,
 ) -> None:
     """Score an existing run with judges, without regenerating anything."""
-    from embench.judges import open_judge_backend
-    from embench.judges.judging import check_run_dir, judge_run
-    from embench.judges.settings import judge_settings
+    from embench.api import JudgeOptions, JudgeRunSpec, run_judging
+    from embench.layout import JUDGMENTS_FILE
 
-    check_run_dir(run_dir)  # before a judge model is loaded
-    registry = _registry(judges_dir)
-    specs = [registry.get(reference) for reference in judge]
-    settings = judge_settings(specs, model=judge_model, mode=judge_mode, base_url=judge_base_url)
-    mode = settings.mode
+    prepared = JudgeRunSpec(run_dir=run_dir, judges=judge, judges_dir=judges_dir, judge=JudgeOptions(
+        model=judge_model, base_url=judge_base_url, mode=judge_mode, engine=judge_engine, api_key_env=api_key_env,
+        concurrency=concurrency)).prepare()
     with _progress() as progress, _resumable_work():
         bar = progress.add_task("starting judge", total=None)
-        with open_judge_backend(settings.model, mode=mode, base_url=judge_base_url, engine=judge_engine,
-                                api_key_env=api_key_env, concurrency=concurrency) as backend:
-            for spec in specs:
-                def advance(done: int, total: int, spec=spec) -> None:
-                    progress.update(bar, description=f"judging {spec.key} ({mode})", completed=done, total=total)
 
-                result = judge_run(run_dir, spec, backend, mode, progress=advance)
-                console.print(f"{spec.key}: {result.judged} judged, {result.cached} from cache, {result.reused} "
-                              f"already done, {result.failed} failed (re-run to retry them)")
-    console.print(f"judgments -> [cyan]{run_dir / 'judgments.jsonl'}[/]")
+        def advance(spec, done: int, total: int) -> None:
+            progress.update(bar, description=f"judging {spec.key} ({prepared.settings.mode})", completed=done,
+                            total=total)
+
+        results = run_judging(prepared, progress=advance)
+    for key, result in results.items():
+        console.print(f"{key}: {result.judged} judged, {result.cached} from cache, {result.reused} already done, "
+                      f"{result.failed} failed (re-run to retry them)")
+    console.print(f"judgments -> [cyan]{run_dir / JUDGMENTS_FILE}[/]")
 
 
 def score_command(

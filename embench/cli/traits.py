@@ -25,6 +25,7 @@ def monitor_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the random-direction baseline."),
 ) -> None:
     """Trait drift of every checkpoint, PCA across runs, an EM detector calibrated on --labels, null baselines."""
+    from embench.traits.detector import ALARM_RISK
     from embench.traits.monitor import monitor_checkpoints
 
     started = time.monotonic()
@@ -44,7 +45,7 @@ def monitor_command(
     for index, row in enumerate(report.checkpoints):
         largest = sorted(row.drift.items(), key=lambda item: -abs(item[1]))[:3]
         table.add_row(row.run, str(row.step), "-" if space.pc1 is None else f"{space.pc1[index]:+.4f}",
-                      "-" if space.risk is None else f"{space.risk[index]:.2f}" + (" ALARM" if space.risk[index] >= 0.5 else ""),
+                      "-" if space.risk is None else f"{space.risk[index]:.2f}" + (" ALARM" if space.risk[index] >= ALARM_RISK else ""),
                       "-" if row.em_rate is None or row.em_rate.value is None else f"{row.em_rate.value:.1%}",
                       ", ".join(f"{name} {value:+.4f}" for name, value in largest))
     console.print(table)

@@ -16,17 +16,40 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from embench.engines.base import EngineOptions
 from embench.errors import EmbenchError
+from embench.judges.backends import JudgeBackend
 from embench.judges.scoring import JUDGE_MODES
 from embench.judges.spec import JudgeSpec
 from embench.judges.trained import TRAINED_MODE
 from embench.layout import TRAINED_JUDGE_FILE
 
+JUDGE_ENGINES = ("hf", "vllm")
+
 
 @dataclass(frozen=True)
 class JudgeSettings:
+    """Everything that says which judge runs where, every default resolved (by :func:`judge_settings`)."""
+
     model: str  # a model reference, a served model name, or a trained judge folder
     mode: str
+    base_url: str | None = None  # an OpenAI-compatible endpoint; None: the judge runs locally
+    engine: str | None = None  # local prompted judges: hf | vllm (None: hf for exact, vllm otherwise)
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 32  # endpoint requests in flight
+
+    @property
+    def local_engine(self) -> str | None:
+        """The engine a local prompted judge runs on (None for an endpoint or a trained judge)."""
+        if self.base_url is not None or self.mode == TRAINED_MODE:
+            return None
+        return self.engine or ("hf" if self.mode == "exact" else "vllm")
+
+    def open(self, options: EngineOptions = EngineOptions()) -> JudgeBackend:
+        from embench.judges import open_judge_backend
+
+        return open_judge_backend(self.model, mode=self.mode, base_url=self.base_url, engine=self.engine,
+                                  api_key_env=self.api_key_env, concurrency=self.concurrency, options=options)
 
 
 def check_mode(mode: str) -> str:
@@ -46,12 +69,19 @@ def default_mode(specs: Sequence[JudgeSpec], base_url: str | None, model: str | 
 
 
 def judge_settings(specs: Sequence[JudgeSpec], *, model: str | None = None, mode: str | None = None,
-                   base_url: str | None = None) -> JudgeSettings:
+                   base_url: str | None = None, engine: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                   concurrency: int = 32) -> JudgeSettings:
+    """The settings for judging with ``specs``: what is given, every default resolved, bad values refused."""
     mode = check_mode(mode or default_mode(specs, base_url, model))
     if mode == TRAINED_MODE and base_url is not None:
         raise EmbenchError(f"--judge-mode {TRAINED_MODE} runs a local trained judge: leave out --judge-base-url")
+    if engine is not None and engine not in JUDGE_ENGINES:
+        raise EmbenchError(f"unknown --judge-engine '{engine}': choose {' or '.join(JUDGE_ENGINES)}")
+    if concurrency < 1:
+        raise EmbenchError(f"--concurrency must be at least 1 (got {concurrency})")
+    given = dict(mode=mode, base_url=base_url, engine=engine, api_key_env=api_key_env, concurrency=concurrency)
     if model is not None:
-        return JudgeSettings(model=model, mode=mode)
+        return JudgeSettings(model=model, **given)
     if mode == TRAINED_MODE:
         untrained = sorted(spec.key for spec in specs if spec.trained_judge is None)
         if untrained:
@@ -62,4 +92,4 @@ def judge_settings(specs: Sequence[JudgeSpec], *, model: str | None = None, mode
         defaults = {spec.default_model for spec in specs}
     if len(defaults) > 1:
         raise EmbenchError(f"these judges default to different judge models ({sorted(defaults)}): pass --judge-model")
-    return JudgeSettings(model=defaults.pop() if defaults else "default", mode=mode)
+    return JudgeSettings(model=defaults.pop() if defaults else "default", **given)
