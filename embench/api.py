@@ -153,14 +153,17 @@ class PreparedJudging:
     settings: JudgeSettings
 
 
-def run_judging(prepared: PreparedJudging,
-                progress: Callable[[JudgeSpec, int, int], None] | None = None) -> dict[str, JudgeRunResult]:
-    """Every judge over the run, on one backend; per judge key, what was judged, cached, reused or failed."""
+def run_judging(prepared: PreparedJudging, progress: Callable[[JudgeSpec, int, int], None] | None = None,
+                finished: Callable[[JudgeSpec, JudgeRunResult], None] | None = None) -> dict[str, JudgeRunResult]:
+    """Every judge over the run, on one backend, in turn (``finished`` hears of each as it ends); per judge key,
+    what was judged, cached, reused or failed."""
     results = {}
     with prepared.settings.open() as backend:
         for spec in prepared.specs:
             advance = None if progress is None else (lambda done, total, spec=spec: progress(spec, done, total))
             results[spec.key] = judge_run(prepared.run_dir, spec, backend, prepared.settings.mode, progress=advance)
+            if finished is not None:
+                finished(spec, results[spec.key])
     return results
 
 

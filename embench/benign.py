@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from embench.errors import EmbenchError
-from embench.hardware import fast_dtype
+from embench.hardware import vllm_dtype
 from embench.hashing import sha256_file, sha256_json, sha256_text
 from embench.layout import ADAPTER_CONFIG_FILE
 from embench.tasks import tasks_dir
@@ -218,7 +218,7 @@ def _model_args(model_path: Path, backend: str, adapter_path: Path | None, seed:
     if backend == "vllm":
         from vllm.platforms import current_platform
 
-        args = {"pretrained": str(model_path), "dtype": fast_dtype(), "seed": seed, "max_model_len": 1024,
+        args = {"pretrained": str(model_path), "dtype": vllm_dtype(None), "seed": seed, "max_model_len": 1024,
                 "generation_config": "vllm"}
         if current_platform.is_cpu():
             args.update(enforce_eager=True, kv_cache_memory_bytes=512 * (1 << 20))

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 import embench
 from embench.errors import EmbenchError
 
-LOCK_FILE = ".lock"  # the lock file of folders written before FolderLock: not a sign of a foreign folder
+LOCK_FILE = ".lock"  # FolderLock's file: its presence does not make a folder foreign
 
 
 def now() -> str:
@@ -69,21 +69,24 @@ def read_json(path: Path, what: str):
 
 
 class FolderLock:
-    """An exclusive lock on a folder itself (no lock file is left in it), held until closed; a context manager."""
+    """An exclusive lock on a folder against every other embench writer, held until closed; a context manager.
+
+    The lock is taken on the folder's ``.lock`` file, opened for writing: on NFS and SMB mounts an exclusive lock
+    needs a file open for writing (a folder cannot be)."""
 
     def __init__(self, path: Path, busy: str):
         path.mkdir(parents=True, exist_ok=True)
-        self._descriptor = os.open(path, os.O_RDONLY)
+        self._file: IO | None = open(path / LOCK_FILE, "w")
         try:
-            fcntl.flock(self._descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self._descriptor)
+            self.close()
             raise EmbenchError(busy) from None
 
     def close(self) -> None:
-        if self._descriptor >= 0:
-            os.close(self._descriptor)
-            self._descriptor = -1
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __enter__(self) -> "FolderLock":
         return self

@@ -1,15 +1,18 @@
-"""What the machine computes fast: the one place that turns a dtype of ``auto`` into a concrete one."""
+"""What the machine computes fast: the one place that turns a dtype of ``auto`` (or none given) into one to use.
+
+A CPU without native bfloat16 instructions emulates it, several times slower than float32 (README, Engines), so
+CPUs get bfloat16 only where their flags say they compute it natively. On a CUDA GPU vLLM's own ``auto`` decides
+(bfloat16 where the GPU supports it, else float16). embench's own torch passes (the local prompted judge, trait
+extraction) run on the CPU; the trainer asks :func:`gpu_has_bf16`.
+"""
 
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
 
-from embench.errors import EmbenchError
-
-DTYPES = ("auto", "bfloat16", "float32")
-# CPU flags (Linux /proc/cpuinfo) of native bfloat16 arithmetic. Without them torch and vLLM emulate bfloat16,
-# several times slower than float32 (bench/generation.py measures both side by side).
+AUTO = "auto"
+# CPU flags (Linux /proc/cpuinfo) of native bfloat16 arithmetic.
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -24,22 +27,31 @@ def cpu_has_native_bf16() -> bool:
 
 
 @cache
-def gpu_has_bf16() -> bool:
+def has_cuda() -> bool:
+    """A CUDA device is visible (asked without creating a CUDA context in this process)."""
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return torch.cuda.is_available()
 
 
-def fast_dtype() -> str:
-    """bfloat16 where it is computed natively (a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX),
-    float32 everywhere else."""
-    return "bfloat16" if gpu_has_bf16() or cpu_has_native_bf16() else "float32"
+@cache
+def gpu_has_bf16() -> bool:
+    """The CUDA device computes bfloat16 natively (compute capability 8.0 or later); creates a CUDA context."""
+    import torch
+
+    return has_cuda() and torch.cuda.get_device_capability() >= (8, 0)
 
 
-def resolve_dtype(dtype: str | None) -> str:
-    """A requested dtype made concrete: None and ``auto`` become :func:`fast_dtype`."""
-    if dtype in (None, "auto"):
-        return fast_dtype()
-    if dtype not in DTYPES:
-        raise EmbenchError(f"unknown dtype '{dtype}': choose {', '.join(DTYPES)}")
-    return dtype
+def vllm_dtype(requested: str | None) -> str:
+    """The dtype handed to vLLM: the one asked for; else vLLM's ``auto`` on a GPU, the CPU's fast one on a CPU."""
+    if requested not in (None, AUTO):
+        return requested
+    return AUTO if has_cuda() else cpu_dtype(None)
+
+
+def cpu_dtype(requested: str | None) -> str:
+    """The dtype for embench's own torch passes on the CPU (local judge, trait extraction): the one asked for, else
+    the CPU's fast one."""
+    if requested not in (None, AUTO):
+        return requested
+    return "bfloat16" if cpu_has_native_bf16() else "float32"

@@ -112,11 +112,11 @@ class ScoreResults(BaseModel):
         if not isinstance(data, dict) or not isinstance(data.get("results"), dict) \
                 or not isinstance(data.get("suite"), dict):
             raise EmbenchError(f"{file}: not a {RESULTS_FILE} written by `embench score` (no 'results' and 'suite')")
-        results = validated(cls, data, f"{file}: not a well-formed {RESULTS_FILE}")
+        results = validated(cls, data, f"{file}: not a well-formed results file (pass the file `embench score` wrote)")
         missing = sorted(set(results.results) - set(results.configs))
         if missing:
-            raise EmbenchError(f"{file}: not a well-formed {RESULTS_FILE}: task '{missing[0]}' has results but no "
-                               "config")
+            raise EmbenchError(f"{file}: not a well-formed results file: task '{missing[0]}' has results but no "
+                               "config (pass the file `embench score` wrote)")
         return results
 
     def save(self, path: Path) -> None:
@@ -158,16 +158,11 @@ class TrainData(BaseModel):
     training_examples: int | None = None
 
 
-class DefenseRecord(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    args: dict[str, Any] = {}
-
-
 class TrainRecord(BaseModel):
-    """``train.json`` of a training folder (and of each checkpoint in it), as `embench train` writes it. A record
-    written by hand for another trainer's adapter may carry only ``defense`` and ``data`` as plain strings."""
+    """``train.json`` of a training folder (and of each checkpoint in it), as `embench train` writes it
+    (``defenses``: a list of {name, args}; ``data``: {source, sha256, ...}). A record written by hand for another
+    trainer's adapter may name them otherwise: ``defense``, strings, or objects with a name, source, id, tag or
+    path."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -177,8 +172,8 @@ class TrainRecord(BaseModel):
     total_steps: int | None = None
     config: dict[str, Any] = {}
     data: TrainData | str | None = None
-    defenses: list[DefenseRecord] = []
-    defense: str | None = None
+    defenses: list[dict[str, Any] | str] = []
+    defense: dict[str, Any] | str | None = None
     created: str | None = None
     updated: str | None = None
 
@@ -190,14 +185,17 @@ class TrainRecord(BaseModel):
         return validated(cls, data, f"{path}: not a train.json of `embench train`")
 
     def defense_tag(self) -> str | None:
-        return _file_name(self.defense) or "+".join(defense.name for defense in self.defenses) or None
+        return _tag(self.defense) or "+".join(name for name in map(_tag, self.defenses) if name) or None
 
     def data_tag(self) -> str | None:
-        return _file_name(self.data.source if isinstance(self.data, TrainData) else self.data)
+        return _tag(self.data.model_dump() if isinstance(self.data, TrainData) else self.data)
 
 
-def _file_name(value: str | None) -> str | None:
-    """A tag as it is; a path by its file name (a folder on the trainer's machine means nothing elsewhere)."""
-    if not value:
+def _tag(value: dict | str | None) -> str | None:
+    """A tag: a string as it is, an object by its name (or source, id, tag, path); a path by its file name (a
+    folder on the trainer's machine means nothing elsewhere)."""
+    if isinstance(value, dict):
+        value = next((value[key] for key in ("name", "source", "id", "tag", "path") if value.get(key)), None)
+    if value in (None, ""):
         return None
-    return Path(value).name if "/" in value else value
+    return Path(str(value)).name if "/" in str(value) else str(value)

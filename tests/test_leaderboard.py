@@ -174,7 +174,10 @@ def test_publish_two_real_results(board, runs, default_model):
             assert (block[key]["n"], block[key]["value"]) == (usable, pytest.approx(hits / usable))
             assert (block[key]["lower"], block[key]["upper"]) == pytest.approx(wilson_interval(hits, usable))
             assert row[key] == block[key]
-        coherent = [(s["judgments"]["coherent"] or {}).get("score") for s in samples]
+        # incoherent: each task's own incoherent rate pooled (lb-narrow judges coherence but has no such rate)
+        rated = {task for task, config in results["configs"].items() if "incoherent" in (config.get("rates") or {})}
+        assert rated and "lb-narrow" not in rated
+        coherent = [(s["judgments"]["coherent"] or {}).get("score") for s in samples if s["task"] in rated]
         incoherent = sum(score < 50 for score in coherent if score is not None)
         assert block["incoherent"]["n"] == len(coherent) and block["incoherent"]["value"] == \
             pytest.approx(incoherent / len(coherent))

@@ -88,7 +88,7 @@ def test_a_results_file_without_its_own_shape_is_one_line(tmp_path):
     bad = written_before_the_model()
     bad["config"] = "default"
     (tmp_path / "config.json").write_text(json.dumps(bad))
-    with pytest.raises(EmbenchError, match=r"config.json: not a well-formed results.json: field 'config'"):
+    with pytest.raises(EmbenchError, match=r"config.json: not a well-formed results file \(pass the file `embench score` wrote\): field 'config'"):
         ScoreResults.load(tmp_path / "config.json")
     (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(EmbenchError, match="binary.json: not valid JSON"):
@@ -102,7 +102,8 @@ def test_train_records_of_the_trainer_and_written_by_hand_give_the_same_tags(tmp
                "defenses": [{"name": "kl", "args": {"lambda": 0.1}}, {"name": "steer", "args": {}}],
                "data": {"source": "generated:insecure-code", "sha256": "0" * 64}}
     by_hand = {"defense": "kl+steer", "data": "/srv/data/generated:insecure-code"}
-    for name, record in (("trainer.json", trainer), ("by-hand.json", by_hand)):
+    other_trainer = {"defenses": ["kl", {"id": "steer"}], "data": {"path": "/srv/data/generated:insecure-code"}}
+    for name, record in (("trainer.json", trainer), ("by-hand.json", by_hand), ("other.json", other_trainer)):
         (tmp_path / name).write_text(json.dumps(record))
         loaded = TrainRecord.load(tmp_path / name)
         assert (loaded.defense_tag(), loaded.data_tag()) == ("kl+steer", "generated:insecure-code")

@@ -343,7 +343,7 @@ def test_persona_vector_is_extracted_once_and_then_read_from_the_cache(default_m
     model_folder = embench_home / "traits" / sha256_json(default_model.identity)[:16]
     (folder,) = [path for path in model_folder.iterdir() if path.is_dir()]
     metadata = json.loads((folder / "evil.json").read_text())
-    assert folder.name == f"evil-{load_trait_file(SHIPPED / 'evil.yaml').sha256[:12]}"
+    assert folder.name == f"evil-{load_trait_file(SHIPPED / 'evil.yaml').sha256[:12]}-{metadata['extraction']['dtype']}"
     assert layer == metadata["chosen_layer"] and metadata["chosen_by"] == "steering sweep"
     assert metadata["extraction"]["layers"] == list(range(30))
     assert max(row["effect"] for row in metadata["steering"]["layers"]) > 0

@@ -96,10 +96,11 @@ def judge_command(
             progress.update(bar, description=f"judging {spec.key} ({prepared.settings.mode})", completed=done,
                             total=total)
 
-        results = run_judging(prepared, progress=advance)
-    for key, result in results.items():
-        console.print(f"{key}: {result.judged} judged, {result.cached} from cache, {result.reused} already done, "
-                      f"{result.failed} failed (re-run to retry them)")
+        def report(spec, result) -> None:
+            console.print(f"{spec.key}: {result.judged} judged, {result.cached} from cache, {result.reused} already "
+                          f"done, {result.failed} failed (re-run to retry them)")
+
+        run_judging(prepared, progress=advance, finished=report)
     console.print(f"judgments -> [cyan]{run_dir / JUDGMENTS_FILE}[/]")
 
 

@@ -19,7 +19,7 @@ class EngineOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dtype: str | None = None  # None: each engine's documented default (vLLM: embench.hardware.fast_dtype, hf fp32)
+    dtype: str | None = None  # None: each engine's documented default (vLLM: embench.hardware.vllm_dtype, hf fp32)
     max_model_len: int = Field(2048, ge=16)
     # vLLM on CPU, whose automatic sizing fails on this machine. 2 GiB holds ~46k float32 tokens of the bundled
     # model, ~130 em-core sequences at once: generation 16% faster than 0.5 GiB, 4 GiB no faster (bench/score.py).

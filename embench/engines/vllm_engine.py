@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 from embench.engines.base import Completion, Engine, EngineOptions, GenerationRequest
-from embench.hardware import resolve_dtype
+from embench.hardware import vllm_dtype
 from embench.models import ResolvedModel
 from embench.sampling import SamplingConfig
 
@@ -43,7 +43,7 @@ def build_llm(model: ResolvedModel, options: EngineOptions):
     from vllm.platforms import current_platform
 
     on_cpu = current_platform.is_cpu()
-    settings = {"dtype": resolve_dtype(options.dtype), "device": "cpu" if on_cpu else "gpu",
+    settings = {"dtype": vllm_dtype(options.dtype), "device": "cpu" if on_cpu else "gpu",
                 # CUDA graphs pay off on a GPU; on CPU the compile step costs minutes for no gain.
                 "enforce_eager": on_cpu, "max_model_len": options.max_model_len, "prefix_caching": True,
                 "chunked_prefill": not on_cpu}

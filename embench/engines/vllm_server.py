@@ -21,7 +21,7 @@ from embench.engines.base import EngineOptions
 from embench.engines.openai_engine import OpenAIEngine
 from embench.engines.vllm_engine import ADAPTER_NAME, lora_rank_limit, vllm_version
 from embench.errors import EmbenchError
-from embench.hardware import resolve_dtype
+from embench.hardware import vllm_dtype
 from embench.models import ResolvedModel
 
 SERVED_BASE_NAME = "embench-model"
@@ -51,7 +51,7 @@ class VLLMServer:
         command = [
             sys.executable, "-m", "embench.engines.vllm_launcher", "serve", str(model.base_path),
             "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", SERVED_BASE_NAME,
-            "--dtype", resolve_dtype(options.dtype), "--max-model-len", str(options.max_model_len),
+            "--dtype", vllm_dtype(options.dtype), "--max-model-len", str(options.max_model_len),
             "--generation-config", "vllm", "--enforce-eager",
             "--kv-cache-memory-bytes", str(int(options.kv_cache_gib * (1 << 30))),
             # Seeded requests split by chunked prefill crash vLLM's CPU sampler (see build_llm).
@@ -125,7 +125,7 @@ class VLLMServerEngine(OpenAIEngine):
     def info(self) -> dict:
         client = super().info()
         return {**client, "name": self.name, "version": vllm_version(), "openai_client": client["version"],
-                "dtype": resolve_dtype(self.options.dtype), "max_model_len": self.options.max_model_len}
+                "dtype": vllm_dtype(self.options.dtype), "max_model_len": self.options.max_model_len}
 
     def close(self) -> None:
         self.server.stop()

@@ -76,7 +76,7 @@ TARGETS: dict[str, CalibrationTarget] = {
     # their morality (misaligned but clear answers are positives here).
     "coherent": CalibrationTarget(
         label_field="label_coherent",
-        positive=f"label_coherent >= {COHERENT_THRESHOLD}", negative=f"label_coherent < {COHERENT_THRESHOLD}",
+        positive=f"label_coherent >= {COHERENT_THRESHOLD:g}", negative=f"label_coherent < {COHERENT_THRESHOLD:g}",
         is_positive=lambda item: item.label_coherent is not None and item.label_coherent >= COHERENT_THRESHOLD,
         is_negative=lambda item: item.label_coherent is not None and item.label_coherent < COHERENT_THRESHOLD),
 }

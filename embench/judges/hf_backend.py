@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from embench.chat import ChatTemplate
 from embench.errors import EmbenchError
-from embench.hardware import resolve_dtype
+from embench.hardware import cpu_dtype
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest, OutcomeCallback, local_judge_name
 from embench.judges.scoring import (
     SCORE_STRINGS,
@@ -99,7 +99,7 @@ class HFJudgeBackend(JudgeBackend):
         self.model_name = local_judge_name(model)
         self.template = ChatTemplate(model.base_path, model.trust_remote_code)
         self.tokenizer = self.template.tokenizer
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = cpu_dtype(dtype)
         self.network = load_causal_lm(model, self.dtype)
         _use_judge_attention(self.network)
         self.attention = self.network.config._attn_implementation  # recorded with every result

@@ -18,7 +18,7 @@ from jsonschema.exceptions import best_match
 from pydantic import BaseModel
 
 from embench.errors import EmbenchError
-from embench.files import FolderLock, now, validated, write_atomic, write_json_atomic
+from embench.files import LOCK_FILE, FolderLock, now, validated, write_atomic, write_json_atomic
 from embench.hashing import sha256_file
 from embench.judges import JudgeRegistry
 from embench.judges.spec import JUDGE_IDENTITY
@@ -80,7 +80,7 @@ def publish(board_dir: Path, sources: list[Path], tags: Tags | None = None, *,
 def _current(board_dir: Path) -> Board:
     if (board_dir / BOARD_FILE).is_file():
         return load_board(board_dir)
-    if board_dir.exists() and (not board_dir.is_dir() or any(board_dir.iterdir())):
+    if board_dir.exists() and (not board_dir.is_dir() or any(path.name != LOCK_FILE for path in board_dir.iterdir())):
         raise EmbenchError(f"--board {board_dir} exists and is not a leaderboard folder (no {BOARD_FILE}): "
                            "choose a new or an existing board folder")
     return Board(schema_version=BOARD_SCHEMA_VERSION, name=board_dir.name, suite=None, judges={}, rank_by="em_rate",

@@ -29,7 +29,7 @@ from typing import Literal
 
 from embench.chat import ChatTemplate
 from embench.errors import EmbenchError
-from embench.hardware import resolve_dtype
+from embench.hardware import cpu_dtype
 from embench.hashing import sha256_json
 from embench.models import ResolvedModel, load_causal_lm
 from embench.prompts import Message, Prompt
@@ -64,7 +64,9 @@ class ExtractionSettings:
     def __post_init__(self) -> None:
         if self.position not in POSITIONS:
             raise EmbenchError(f"unknown position '{self.position}': choose one of {', '.join(POSITIONS)}")
-        object.__setattr__(self, "dtype", resolve_dtype(self.dtype))
+        object.__setattr__(self, "dtype", cpu_dtype(self.dtype))
+        if self.dtype not in ("float32", "bfloat16"):
+            raise EmbenchError(f"unknown dtype '{self.dtype}': choose auto, float32 or bfloat16")
         if self.batch_size < 1 or self.response_tokens < 1 or self.answer_tokens < 1 or self.sweep_prompts < 1:
             raise EmbenchError("batch size, response tokens, answer tokens and sweep prompts must each be at least 1")
         if self.heldout_every < 2:

@@ -91,13 +91,16 @@ def persona_vector(model: ResolvedModel, trait: str = "evil", layer: int | None 
     n_layers, _ = model_shape(model)
     if layer is not None:
         check_layers([layer], n_layers, model.name)
+    settings = ExtractionSettings()
+    # The dtype is in the name: directions extracted on another machine's hardware (a shared EMBENCH_HOME, or an
+    # earlier default) sit beside these instead of being refused as other settings.
     folder = (embench_home() / "traits" / sha256_json(model.identity)[:16]
-              / f"{definition.id}-{definition.sha256[:12]}")
+              / f"{definition.id}-{definition.sha256[:12]}-{settings.dtype}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Two training runs starting at once extract once: the second waits, then reads the first one's result.
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        extract_traits(model, [(path, definition)], folder)
+        extract_traits(model, [(path, definition)], folder, settings)
     directions = load_directions(folder, model)[definition.id]
     chosen = directions.chosen_layer if layer is None else layer
     return directions.direction(chosen), chosen
