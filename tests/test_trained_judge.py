@@ -77,7 +77,7 @@ def test_small_judge_trains_saves_reloads_and_retrains_identically(small_judge, 
 def test_bundled_judge_was_trained_on_the_shipped_corpus_with_the_default_settings(tmp_path, embench_home):
     """`embench judges train` of the shipped corpus, with every default, into a copy of the bundled judge finds
     its very run there (same data hash, base, outputs and settings) and does nothing. Training is deterministic
-    (the small judge above retrains byte for byte); bench/bundled_judge.py retrains the whole corpus (~15 min) and
+    (the small judge above retrains byte for byte); bench/bundled_judge.py retrains the whole corpus (8 min here) and
     compares the weights byte for byte."""
     copy = tmp_path / "em-judge"
     shutil.copytree(BUNDLED, copy)
