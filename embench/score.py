@@ -34,7 +34,7 @@ from embench.layout import (
     SCORE_STATE_FILE,
     task_run_dir,
 )
-from embench.metrics import Estimate, mean_score, pool_estimates, rate, verdict_counts
+from embench.metrics import Estimate, mean_score, rate, verdict_counts
 from embench.models import ResolvedModel, resolve_model
 from embench.results import EM_RATE, INCOHERENT_RATE, ScoreResults
 from embench.runs import load_records
@@ -281,15 +281,12 @@ def build_results(prepared: PreparedScore, created: str, engine_info, judge_info
         else:
             results[task.id] = extra_results.get(task.id, {})
     versions[f"suite:{suite.id}"] = suite.version
-    # Each task's own incoherent rule (its thresholds are task data), pooled: the headline incoherent rate.
-    incoherent = pool_estimates([metrics[INCOHERENT_RATE] for metrics in results.values() if INCOHERENT_RATE in metrics])
-    coherence = {"coherent_mean": mean_score(pooled, "coherent").model_dump(),
-                 "incoherent": incoherent.model_dump() if incoherent else None}
+    coherence = {"coherent_mean": mean_score(pooled, "coherent").model_dump(), "incoherent": None}  # set below
     for task_id, extra in extra_results.items():
         if "perplexity" in extra:
             coherence["perplexity"] = extra["perplexity"]
     model = prepared.model
-    return ScoreResults.model_validate({
+    scored = ScoreResults.model_validate({
         "results": results,
         "groups": {suite.id: {"coherence": coherence}},
         "per_question": per_question,
@@ -310,6 +307,10 @@ def build_results(prepared: PreparedScore, created: str, engine_info, judge_info
         "embench_version": embench.__version__,
         "embench_git_sha": embench_git_sha(),
     })
+    # The suite's incoherent rate is the headline one: each task's own incoherent rate, pooled.
+    incoherent = scored.pooled(INCOHERENT_RATE)
+    scored.groups[suite.id]["coherence"]["incoherent"] = incoherent.model_dump() if incoherent else None
+    return scored
 
 
 def question_metrics(task: Task, rows: list[dict]) -> dict[str, dict]:

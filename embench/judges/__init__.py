@@ -39,9 +39,10 @@ def open_judge_backend(judge_model: str, *, mode: str, base_url: str | None = No
 
         return OpenAIJudgeBackend(judge_model, base_url, api_key_env=api_key_env, concurrency=concurrency)
     from embench.engines import check_engine
+    from embench.judges.settings import local_judge_engine
     from embench.models import resolve_model
 
-    engine = engine or ("hf" if mode == "exact" else "vllm")
+    engine = local_judge_engine(mode, engine)
     check_engine(engine)
     model = resolve_model(judge_model)
     if engine == "hf":

@@ -27,6 +27,12 @@ from embench.layout import TRAINED_JUDGE_FILE
 JUDGE_ENGINES = ("hf", "vllm")
 
 
+def local_judge_engine(mode: str, engine: str | None) -> str:
+    """The engine a local prompted judge runs on: the one given, else hf for ``exact`` (one forward pass per
+    judgment) and vllm for the other modes."""
+    return engine or ("hf" if mode == "exact" else "vllm")
+
+
 @dataclass(frozen=True)
 class JudgeSettings:
     """Everything that says which judge runs where, every default resolved (by :func:`judge_settings`)."""
@@ -43,7 +49,7 @@ class JudgeSettings:
         """The engine a local prompted judge runs on (None for an endpoint or a trained judge)."""
         if self.base_url is not None or self.mode == TRAINED_MODE:
             return None
-        return self.engine or ("hf" if self.mode == "exact" else "vllm")
+        return local_judge_engine(self.mode, self.engine)
 
     def open(self, options: EngineOptions = EngineOptions()) -> JudgeBackend:
         from embench.judges import open_judge_backend
