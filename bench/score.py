@@ -16,8 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from embench.layout import SCORE_STATE_FILE
-
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "score.json"
 TARGET_S = 300
 
@@ -34,7 +32,6 @@ def main() -> None:
 
     from embench.home import models_dir
     from embench.models import resolve_model
-    from embench.results import ScoreResults
     from embench.score import ScoreSpec, prepare_score, run_score
 
     resolve_model(args.checkpoint)  # the one-time preparation is not part of what is measured
@@ -49,10 +46,10 @@ def main() -> None:
     (work / "home").mkdir()
     (work / "home" / "models").symlink_to(models_dir(), target_is_directory=True)
     os.environ["EMBENCH_HOME"] = str(work / "home")
-    results_path = run_score(prepared)
+    scored = run_score(prepared)
     wall = time.perf_counter() - started
-    timings = json.loads((work / "score" / SCORE_STATE_FILE).read_text())["last_timings_s"]
-    samples = sum(counts["effective"] for counts in ScoreResults.load(results_path).n_samples.values())
+    timings = scored.timings_s
+    samples = sum(counts["effective"] for counts in scored.results.n_samples.values())
     report = {"suite": args.suite, "checkpoint": args.checkpoint, "samples": samples, "wall_s": wall,
               "phases_s": timings, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "load_average_1min": os.getloadavg()[0], "target_s": TARGET_S}

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from embench.engines import EngineOptions, check_engine
 from embench.engines.base import KV_CACHE_GIB
 from embench.errors import EmbenchError
-from embench.generate import GenerateResult, ProgressCallback, generate
+from embench.generate import GenerateResult, ProgressCallback, check_sample_count, generate
 from embench.judges import JudgeRegistry, JudgeSpec
 from embench.judges.calibrate import (
     CalibrationItem,
@@ -84,6 +84,7 @@ class GenerateSpec:
         n = task_n if self.n is None else self.n
         if n < 1:
             raise EmbenchError(f"-n must be at least 1 (got {n})")
+        check_sample_count(n * len(prompts))
         overrides = {name: value for name, value in
                      dict(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
                           seed=self.seed).items() if value is not None}

@@ -60,12 +60,43 @@ def write_json_atomic(path: Path, value: Any) -> None:
     write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file; one that cannot be read or is not UTF-8 (UTF-16, binary) is named in one line (``what``
+    says what it should be)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise EmbenchError(f"{path}: not UTF-8 text (byte {exc.start}): this file should be {what}, saved as "
+                           "UTF-8") from None
+    except OSError as exc:
+        raise EmbenchError(f"{path}: cannot be read ({exc.strerror or exc}): this file should be {what}") from None
+
+
+def _refuse_non_finite(constant: str):
+    raise ValueError(f"{constant} is not a number JSON allows")
+
+
+def parse_json(text: str, where: str, what: str):
+    """JSON text, strictly: NaN and infinities (which Python's json accepts) are refused, and so are lone
+    surrogates, which no tokenizer, hasher or UTF-8 writer downstream can take."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_non_finite)
+    except json.JSONDecodeError as exc:
+        raise EmbenchError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno}): expected {what}") from None
+    except ValueError as exc:
+        raise EmbenchError(f"{where}: {exc}: expected {what}") from None
+    if "\\ud" in text.lower():  # escapes only: a lone surrogate cannot be written in UTF-8 text itself
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise EmbenchError(f"{where}: a string holds a lone UTF-16 surrogate escape (\\udXXX), which is not "
+                               f"text: expected {what}") from None
+    return value
+
+
 def read_json(path: Path, what: str):
     """A JSON file embench wrote; a file that is not one is named in one line (``what`` says what it should be)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EmbenchError(f"{path}: not valid JSON ({exc}): this file is not {what}") from None
+    return parse_json(read_text(path, what), str(path), what)
 
 
 class FolderLock:
@@ -95,10 +126,30 @@ class FolderLock:
         self.close()
 
 
+NAME_MAX = 255  # bytes in one file name on Linux file systems
+
+
+def check_writable_folder(path: Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder that cannot be made: a file in its place or above it, a name
+    over the file-name limit, a first existing folder above it that is not writable."""
+    long = next((part for part in Path(path).parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is not None:
+        raise EmbenchError(f"{flag} {path}: the name '{long[:40]}...' is over {NAME_MAX} bytes: choose a shorter one")
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == Path(path).absolute() else f"lies under {existing}, which is a file"
+        raise EmbenchError(f"{flag} {path} {where}, not a folder: choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EmbenchError(f"{flag} {path}: {existing} is not writable: choose another {flag}")
+
+
 def check_output_folder(path: Path, record_name: str, fingerprint: str, kind: str, other: str) -> None:
     """An output folder may be missing, empty but for its lock, or hold the record of the very same job (it then
     resumes); a folder of anything else is refused. ``kind``: what the folder should be ("a training folder");
     ``other``: what a record of another fingerprint holds ("a different training run (...)")."""
+    check_writable_folder(path)
     if not path.exists():
         return
     record = path / record_name
@@ -110,13 +161,55 @@ def check_output_folder(path: Path, record_name: str, fingerprint: str, kind: st
             raise EmbenchError(f"{path} holds {other}: use another --out, or delete it")
 
 
-def read_yaml(path: Path):
+MAX_YAML_NODES = 1_000_000  # after alias expansion: far above any task or judge file, far below an alias bomb
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently) and a document
+    whose aliases expand past MAX_YAML_NODES nodes (a few lines of anchors can stand for billions)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice (first on line {seen[key] + 1})", key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+    def compose_document(self):
+        document = super().compose_document()
+        sizes: dict[int, int] = {}
+
+        def expanded(node) -> int:
+            if id(node) not in sizes:
+                sizes[id(node)] = 0  # a recursive alias counts once instead of looping
+                children = (node.value if isinstance(node, yaml.SequenceNode) else
+                            [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else [])
+                sizes[id(node)] = min(1 + sum(expanded(child) for child in children), MAX_YAML_NODES + 1)
+            return sizes[id(node)]
+
+        if document is not None and expanded(document) > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"its aliases expand to more than {MAX_YAML_NODES:,} nodes", document.start_mark)
+        return document
+
+
+def parse_yaml(text: str, where: str):
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise EmbenchError(f"{where}: YAML syntax error ({getattr(exc, 'problem', None) or exc})") from None
+        line = f":{mark.line + 1}" if mark else ""
+        raise EmbenchError(f"{where}{line}: YAML syntax error ({getattr(exc, 'problem', None) or exc})") from None
+    except RecursionError:
+        raise EmbenchError(f"{where}: YAML nested too deeply") from None
+
+
+def read_yaml(path: Path, what: str = "YAML"):
+    return parse_yaml(read_text(path, what), str(path))
 
 
 def first_error(exc: ValidationError) -> tuple[str, str]:
@@ -148,21 +241,17 @@ def validated(model: type[Model], data, where: str, whole: str = "(file)") -> Mo
         raise EmbenchError(f"{where}: field '{field or whole}': {message}") from None
 
 
+def read_jsonl(path: Path, what: str) -> list[tuple[int, Any]]:
+    """Each non-empty line of a JSON Lines file parsed, with its line number; a problem names file and line."""
+    return [(number, parse_json(line, f"{path}:{number}", what))
+            for number, line in enumerate(read_text(path, what).splitlines(), start=1) if line.strip()]
+
+
 def read_jsonl_models(path: Path, model: type[Model], fields: str) -> list[tuple[int, Model]]:
     """Each non-empty line of a JSON Lines file validated as ``model``, with its line number; every problem is one
     line naming file and line (``fields`` lists the expected fields for the message about non-objects)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise EmbenchError(f"{path}: not UTF-8 text: expected JSON Lines") from None
     items = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EmbenchError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    for number, data in read_jsonl(path, f"JSON Lines ({fields})"):
         if not isinstance(data, dict):
             raise EmbenchError(f"{path}:{number}: each line must be a JSON object ({fields})")
         items.append((number, validated(model, data, f"{path}:{number}", whole="(line)")))

@@ -53,6 +53,16 @@ class GenerateResult:
     reused: int
 
 
+MAX_SAMPLES_PER_RUN = 1_000_000  # every key is planned in memory before the engine starts
+
+
+def check_sample_count(total: int) -> None:
+    """Refuse a run too large to plan (``-n 10**12``) at once, instead of planning keys for hours."""
+    if total > MAX_SAMPLES_PER_RUN:
+        raise EmbenchError(f"{total:,} samples asked for: one run plans at most {MAX_SAMPLES_PER_RUN:,}; lower -n "
+                           "(or --samples) or split the prompts")
+
+
 def plan_samples(model: ResolvedModel | RemoteModel, prompts: Sequence[Prompt], n: int | Mapping[str, int],
                  sampling: SamplingConfig) -> tuple[list[PlannedSample], str | None]:
     """Render every prompt once and derive the keys of its samples (``n`` per prompt, or per prompt id).
@@ -61,6 +71,7 @@ def plan_samples(model: ResolvedModel | RemoteModel, prompts: Sequence[Prompt], 
     counts = n if isinstance(n, Mapping) else {prompt.id: n for prompt in prompts}
     if isinstance(n, int) and n < 1:
         raise EmbenchError(f"-n must be at least 1 (got {n})")
+    check_sample_count(sum(counts.get(prompt.id, 0) for prompt in prompts))
     template = None if isinstance(model, RemoteModel) else ChatTemplate(model.base_path, model.trust_remote_code)
     planned = []
     for prompt in prompts:

@@ -44,6 +44,15 @@ def sha256_files(paths: dict[str, Path]) -> tuple[str, dict[str, str]]:
     return sha256_json(per_file), per_file
 
 
+FILE_NAME_PART = 80  # a name built from user text stays far below the 255-byte file-name limit with its suffixes
+
+
 def file_safe(text: str, keep: str = "-_.", replacement: str = "-") -> str:
-    """``text`` usable as a file name: characters other than letters, digits and ``keep`` become ``replacement``."""
-    return "".join(char if char.isalnum() or char in keep else replacement for char in text)
+    """``text`` usable as part of a file name: characters other than letters, digits and ``keep`` become
+    ``replacement``; a longer text is cut to FILE_NAME_PART bytes ending in a hash of the whole, so that two
+    long names never collide."""
+    safe = "".join(char if char.isalnum() or char in keep else replacement for char in text)
+    encoded = safe.encode("utf-8")
+    if len(encoded) <= FILE_NAME_PART:
+        return safe
+    return f"{encoded[:FILE_NAME_PART - 13].decode('utf-8', 'ignore')}-{sha256_text(text)[:12]}"

@@ -8,6 +8,13 @@ The modules that write each folder own its logic; only the names live here, so t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+
+# An id that names a folder (a task's run directory, a suite's score directory): letters, digits, '.', '_', '-',
+# starting with a letter or digit, so that no id can climb out of its parent ('../x') or pass the file-name limit.
+FolderId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)]
 
 # A run directory (`embench generate`, and each task of a score directory): config and provenance, records.
 RUN_FILE = "run.json"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from embench.errors import EmbenchError
-from embench.files import first_error
+from embench.files import first_error, read_jsonl
 
 
 class Message(BaseModel):
@@ -65,23 +64,18 @@ def load_prompts(path: Path) -> list[Prompt]:
         raise EmbenchError(f"prompts file {path} does not exist")
     prompts: list[Prompt] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                prompt = _PromptLine.model_validate(json.loads(line)).to_prompt(default_id=f"line-{number}")
-            except json.JSONDecodeError as exc:
-                raise EmbenchError(f"{path}:{number}: not valid JSON ({exc.msg}); fix or remove that line") from None
-            except ValidationError as exc:
-                field, message = first_error(exc)
-                raise EmbenchError(f"{path}:{number}: {field + ': ' if field else ''}{message}") from None
-            except ValueError as exc:
-                raise EmbenchError(f"{path}:{number}: {exc}") from None
-            if prompt.id in seen:
-                raise EmbenchError(f"{path}:{number}: duplicate prompt id '{prompt.id}'")
-            seen.add(prompt.id)
-            prompts.append(prompt)
+    for number, data in read_jsonl(path, "a prompts file: one {id, messages} or {id, prompt, system} per line"):
+        try:
+            prompt = _PromptLine.model_validate(data).to_prompt(default_id=f"line-{number}")
+        except ValidationError as exc:
+            field, message = first_error(exc)
+            raise EmbenchError(f"{path}:{number}: {field + ': ' if field else ''}{message}") from None
+        except ValueError as exc:
+            raise EmbenchError(f"{path}:{number}: {exc}") from None
+        if prompt.id in seen:
+            raise EmbenchError(f"{path}:{number}: duplicate prompt id '{prompt.id}'")
+        seen.add(prompt.id)
+        prompts.append(prompt)
     if not prompts:
         raise EmbenchError(f"prompts file {path} holds no prompts")
     return prompts

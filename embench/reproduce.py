@@ -32,6 +32,7 @@ from embench.engines.base import KV_CACHE_GIB
 from embench.errors import EmbenchError
 from embench.files import (
     check_output_folder,
+    check_writable_folder,
     embench_git_sha,
     field_error,
     first_error,
@@ -51,6 +52,7 @@ from embench.layout import (
     RESULTS_FILE,
     SUITE_FILE,
     TRAIN_FILE,
+    FolderId,
 )
 from embench.metrics import format_estimate, pool_estimates
 from embench.results import EM_RATE, IN_DOMAIN_RATE, INCOHERENT_RATE, OOD, ScoreResults, TrainRecord
@@ -141,7 +143,7 @@ class Preset(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    id: FolderId
     version: int = Field(ge=1)
     description: str = ""
     model: str = "default"
@@ -193,6 +195,20 @@ def find_preset(reference: str) -> tuple[Path, Preset]:
     except ValidationError as exc:
         raise field_error(path, exc) from None
     return path.resolve(), preset
+
+
+def listed(values: list[str]) -> list[str] | None:
+    """``--defenses a,b --defenses c`` as ``[a, b, c]``; None when nothing was given."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()] or None
+
+
+def parse_seeds(values: list[str]) -> list[int] | None:
+    """``--seeds 0,1 --seeds 2`` as integers; None when nothing was given (the preset's seeds)."""
+    seeds = listed(values) or []
+    bad = [seed for seed in seeds if not seed.lstrip("-").isdigit()]
+    if bad:
+        raise EmbenchError(f"--seeds: '{bad[0]}' is not an integer (e.g. --seeds 0,1,2)")
+    return [int(seed) for seed in seeds] or None
 
 
 @dataclass
@@ -309,6 +325,7 @@ def plan_reproduce(spec: ReproduceSpec) -> ReproducePlan:
                               model=score.judge_model, mode=score.judge_mode, base_url=score.judge_base_url,
                               engine=score.judge_engine)
     out = Path(spec.out) if spec.out is not None else Path("runs") / f"reproduce-{preset.id}"
+    check_writable_folder(out)
     cells = []
     for dataset in datasets:
         for defense in defenses:
@@ -441,7 +458,7 @@ def _run_cell(plan: ReproducePlan, cell: Cell, say: Status) -> None:
                            "final_loss": trained.final_loss, "fingerprint": train_record.fingerprint,
                            "data_sha256": train_record.data.sha256, "seconds": time.perf_counter() - started}
     started = time.perf_counter()
-    results_path = _score(plan, str(cell.adapter) if cell.config is not None else plan.preset.model, cell, say)
+    results_path = _score(plan, str(cell.adapter) if cell.config is not None else plan.preset.model, cell, say).results_path
     record["score"] = {"out": cell.score_dir.relative_to(plan.out).as_posix(),
                        "results_sha256": sha256_file(results_path), "seconds": time.perf_counter() - started}
     say(f"{cell.label}: publishing", 0, None)
@@ -452,7 +469,7 @@ def _run_cell(plan: ReproducePlan, cell: Cell, say: Status) -> None:
     write_json_atomic(cell.marker, record)
 
 
-def _score(plan: ReproducePlan, checkpoint: str, cell: Cell, say: Status) -> Path:
+def _score(plan: ReproducePlan, checkpoint: str, cell: Cell, say: Status):
     from embench.engines import EngineOptions
     from embench.score import ScoreSpec, prepare_score, run_score
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 import embench
 from embench.errors import EmbenchError
-from embench.files import FolderLock, check_output_folder, embench_git_sha, now, read_json, write_json_atomic
+from embench.files import FolderLock, check_output_folder, embench_git_sha, now, read_json, validated, write_json_atomic
 from embench.layout import GENERATIONS_FILE, RUN_FILE
 from embench.prompts import Message
 
@@ -56,6 +56,9 @@ def load_records(path: Path, *, repair: bool = False) -> dict[str, dict]:
                 break  # the last line: an interrupted write
             raise EmbenchError(f"{path}:{number}: corrupt line in the middle of the file; "
                                "it was not written by embench: restore or delete the file") from None
+        if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+            raise EmbenchError(f"{path}:{number}: not a record of embench (a JSON object with a 'key'); this file "
+                               "was not written by embench: restore or delete it")
         records[record["key"]] = record  # a key written again (a retried failure) takes its latest record
         good_end += len(line) + 1
     if repair and good_end < len(data):
@@ -141,4 +144,4 @@ class RunDirectory:
 def read_generations(path: Path) -> Iterator[Generation]:
     """Every generation of a run directory (for judging and scoring)."""
     for record in load_records(path / GENERATIONS_FILE).values():
-        yield Generation.model_validate(record)
+        yield validated(Generation, record, f"{path / GENERATIONS_FILE} (key {record['key'][:16]})", whole="(record)")

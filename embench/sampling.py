@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class SamplingConfig(BaseModel):
     """How each sample is drawn. ``seed`` is the run seed; each sample gets its own seed derived from its key."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)

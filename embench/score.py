@@ -18,8 +18,8 @@ from pathlib import Path
 import embench
 from embench.engines import EngineOptions, check_engine, open_engine
 from embench.errors import EmbenchError
-from embench.files import embench_git_sha, now, write_json_atomic
-from embench.generate import generate
+from embench.files import check_writable_folder, embench_git_sha, now, read_json, write_json_atomic
+from embench.generate import check_sample_count, generate
 from embench.hashing import file_safe, sha256_file, sha256_json
 from embench.judges import JudgeRegistry, JudgeSpec
 from embench.judges.judging import judge_run
@@ -70,6 +70,16 @@ class ScoreSpec:
 
 
 @dataclass
+class ScoreRun:
+    """What a finished score is: its directory, ``results.json`` there, and the results themselves."""
+
+    out: Path
+    results_path: Path
+    results: ScoreResults
+    timings_s: dict[str, float]
+
+
+@dataclass
 class PreparedScore:
     spec: ScoreSpec
     model: ResolvedModel
@@ -104,6 +114,7 @@ def prepare_score(spec: ScoreSpec) -> PreparedScore:
     check_engine(spec.engine)
     suite = find_suite(spec.suite)
     tasks = suite.load_tasks()
+    check_sample_count(sum(len(task.questions) * task_sampling(task, suite, spec)[0] for task in tasks))
     registry = JudgeRegistry.default(spec.judges_dir)
     judges = {task.id: {metric: registry.get(judge_id) for metric, judge_id in task.judges.items()} for task in tasks}
     settings = judge_settings([judge for task_judges in judges.values() for judge in task_judges.values()],
@@ -123,6 +134,9 @@ def prepare_score(spec: ScoreSpec) -> PreparedScore:
         self_judging = (settings.local_engine == "vllm" and spec.engine == "vllm"
                         and resolve_model(settings.model).identity == model.identity)
     out = spec.out or default_score_dir(model, suite, spec)
+    check_writable_folder(out)
+    if (out / SCORE_STATE_FILE).is_file():
+        read_json(out / SCORE_STATE_FILE, f"the {SCORE_STATE_FILE} of an `embench score` directory")
     return PreparedScore(spec=spec, model=model, suite=suite, tasks=tasks, judges=judges, judge=settings, out=out,
                          self_judging=self_judging)
 
@@ -135,13 +149,14 @@ def default_score_dir(model: ResolvedModel, suite: Suite, spec: ScoreSpec) -> Pa
     return Path("runs") / f"score-{suite.id}-{name}-{key[:12]}"
 
 
-def run_score(prepared: PreparedScore, status: Status | None = None) -> Path:
-    """Generate, judge and measure every task of the suite; returns the path of ``results.json``."""
+def run_score(prepared: PreparedScore, status: Status | None = None) -> ScoreRun:
+    """Generate, judge and measure every task of the suite into ``results.json``."""
     spec, model, out = prepared.spec, prepared.model, prepared.out
     say = status or (lambda *args: None)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / SCORE_STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {"created": now()}
+    state = read_json(state_path, f"the {SCORE_STATE_FILE} of an `embench score` directory") if state_path.is_file() \
+        else {"created": now()}
     write_json_atomic(state_path, state)
     generation_tasks = [task for task in prepared.tasks if task.questions]
     timings: dict[str, float] = {}
@@ -213,7 +228,7 @@ def run_score(prepared: PreparedScore, status: Status | None = None) -> Path:
     # Timings describe this invocation (a resumed one skips finished work), so they live beside the results.
     state["last_timings_s"] = timings
     write_json_atomic(state_path, state)
-    return out / RESULTS_FILE
+    return ScoreRun(out=out, results_path=out / RESULTS_FILE, results=results, timings_s=timings)
 
 
 def _misaligned_rule(tasks: list[Task]) -> RateRule:

@@ -13,8 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from embench.errors import EmbenchError
-from embench.files import field_error, read_yaml
+from embench.files import field_error, read_text, read_yaml
 from embench.hashing import sha256_json, sha256_text
+from embench.layout import FolderId
 from embench.prompts import Message, Prompt
 from embench.sampling import SamplingConfig
 
@@ -108,7 +109,7 @@ class DataSource(BaseModel):
 class Task(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str
+    id: FolderId
     version: int = Field(ge=1)
     family: TaskFamily
     description: str = ""
@@ -148,7 +149,7 @@ class Task(BaseModel):
         path = self.resolve(self.perplexity_file)
         if not path.is_file():
             raise EmbenchError(f"task {self.id}: perplexity_file {path} does not exist")
-        return path.read_text(encoding="utf-8")
+        return read_text(path, f"the perplexity text of task {self.id}")
 
     def sample_counts(self, samples_per_question: int) -> dict[str, int]:
         """Samples per prompt: a question's samples are spread evenly over its paraphrases (the first ones get
@@ -230,10 +231,10 @@ class Suite(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str
+    id: FolderId
     version: int = Field(ge=1)
     description: str = ""
-    tasks: tuple[str, ...] = Field(min_length=1)
+    tasks: tuple[FolderId, ...] = Field(min_length=1)
     overrides: dict[Literal["samples_per_question", "max_tokens", "temperature"], float] = Field(default_factory=dict)
     _folder: Path | None = PrivateAttr(default=None)
 

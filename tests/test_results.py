@@ -91,7 +91,7 @@ def test_a_results_file_without_its_own_shape_is_one_line(tmp_path):
     with pytest.raises(EmbenchError, match=r"config.json: not a well-formed results file \(pass the file `embench score` wrote\): field 'config'"):
         ScoreResults.load(tmp_path / "config.json")
     (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(EmbenchError, match="binary.json: not valid JSON"):
+    with pytest.raises(EmbenchError, match="binary.json: not UTF-8 text"):
         ScoreResults.load(tmp_path / "binary.json")
     with pytest.raises(EmbenchError, match="neither a score directory"):
         ScoreResults.load(tmp_path / "missing")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -54,3 +57,71 @@ def _registry(judges_dir: Optional[Path]):
 
 
 TraitsSource = typer.Option(None, "--traits", help="Folder of trait files, or one trait file (default: the shipped tasks/traits).")
+
+
+Result = TypeVar("Result")
+Status = Callable[..., None]  # status(text, done=None, total=None)
+
+
+def with_progress(first: str, work: Callable[[Status], Result]) -> Result:
+    """Long work under one progress bar that ``work`` moves through ``status``; Ctrl-C ends it resumably."""
+    with _progress() as progress, _resumable_work():
+        bar = progress.add_task(first, total=None)
+
+        def status(text: str, done: Optional[int] = None, total: Optional[int] = None) -> None:
+            progress.update(bar, description=text, completed=done, total=total)
+
+        return work(status)
+
+
+class OptionGroup:
+    """Options declared once, for every command that takes them: a command names the group as one parameter's
+    default and receives ``build(**values)`` there (see :func:`grouped`)."""
+
+    def __init__(self, build: Callable[..., Any], **options: tuple[Any, Any]):
+        self.build = build
+        self.options = options  # parameter name -> (type, typer.Option(...))
+
+    def flag(self, name: str) -> str:
+        """The command-line flag of one of the group's parameters (for messages)."""
+        return self.options[name][1].param_decls[0]
+
+
+def grouped(command: Callable) -> Callable:
+    """The command as typer should see it: each parameter whose default is an :class:`OptionGroup` becomes that
+    group's options, and the command is called with the group's built value in its place."""
+    signature = inspect.signature(command, eval_str=True)
+    groups = {name: p.default for name, p in signature.parameters.items() if isinstance(p.default, OptionGroup)}
+    parameters = []
+    for parameter in signature.parameters.values():
+        if parameter.name not in groups:
+            parameters.append(parameter)
+            continue
+        parameters += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option,
+                                         annotation=annotation)
+                       for name, (annotation, option) in groups[parameter.name].options.items()]
+
+    @functools.wraps(command)
+    def call(**values: Any) -> Any:
+        for name, group in groups.items():
+            values[name] = group.build(**{option: values.pop(option) for option in group.options})
+        return command(**values)
+
+    call.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    call.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": signature.return_annotation}
+    return call
+
+
+def _judge_options(judge_model, judge_base_url, judge_mode, judge_engine):
+    from embench.api import JudgeOptions
+
+    return JudgeOptions(model=judge_model, base_url=judge_base_url, mode=judge_mode, engine=judge_engine)
+
+
+JUDGE_OPTIONS = OptionGroup(
+    _judge_options,
+    judge_model=(Optional[str], typer.Option(None, "--judge-model", help="Default: the judges' own (their trained judge locally, default_model otherwise); in trained mode a trained judge folder.")),
+    judge_base_url=(Optional[str], typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge endpoint; without it the judges run locally.")),
+    judge_mode=(Optional[str], typer.Option(None, "--judge-mode", help="logprob | exact | sampled | trained (default: logprob for endpoints; locally trained where the judges name a trained judge, else exact).")),
+    judge_engine=(Optional[str], typer.Option(None, "--judge-engine", help="Local judge engine: hf | vllm (default: hf for exact, else vllm).")),
+)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from embench.cli._ui import JudgesDir, _progress, _registry, _resumable_work, console
+from embench.api import JudgeOptions
+from embench.cli._ui import JUDGE_OPTIONS, JudgesDir, _registry, console, grouped, with_progress
 
 judges_app = typer.Typer(add_completion=False, no_args_is_help=True,
                          help="Judges: list, show, render, validate, add, calibrate, train.")
@@ -69,12 +71,10 @@ def judges_add_command(file: Path, to: Optional[Path] = typer.Option(
 
 
 @judges_app.command("calibrate")
+@grouped
 def judges_calibrate_command(
     judge: str = typer.Argument(..., help="Judge id (or id@version) to calibrate."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Default: the judge's own (its trained judge locally, default_model otherwise); in trained mode a trained judge folder."),
-    judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge endpoint; without it the judge runs locally."),
-    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled | trained (default: logprob for endpoints; locally trained where the judges name a trained judge, else exact)."),
-    judge_engine: Optional[str] = typer.Option(None, "--judge-engine", help="Local judge engine: hf | vllm (default: hf for exact, else vllm)."),
+    options: JudgeOptions = JUDGE_OPTIONS,
     calibration_set: Optional[Path] = typer.Option(None, "--set", help="Calibration JSONL (default: judges/calibration/<id>.jsonl)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Judge only the first N items of the set."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report JSON (default: ./calibration-<id>-v<version>.json)."),
@@ -83,21 +83,15 @@ def judges_calibrate_command(
     judges_dir: Optional[Path] = JudgesDir,
 ) -> None:
     """Judge a labelled calibration set and report AUROC, Spearman, verdict accuracy, nulls and injection shift."""
-    from embench.api import CalibrateSpec, JudgeOptions, run_calibration
+    from embench.api import CalibrateSpec, run_calibration
 
     prepared = CalibrateSpec(judge_ref=judge, calibration_set=calibration_set, limit=limit, out=out,
-                             judges_dir=judges_dir, judge=JudgeOptions(
-                                 model=judge_model, base_url=judge_base_url, mode=judge_mode, engine=judge_engine,
-                                 api_key_env=api_key_env, concurrency=concurrency)).prepare()
+                             judges_dir=judges_dir,
+                             judge=replace(options, api_key_env=api_key_env, concurrency=concurrency)).prepare()
     spec, mode = prepared.spec, prepared.settings.mode
     started = time.monotonic()
-    with _progress() as progress, _resumable_work():
-        bar = progress.add_task("starting judge", total=None)
-
-        def advance(done: int, total: int) -> None:
-            progress.update(bar, description=f"calibrating {spec.key} ({mode})", completed=done, total=total)
-
-        report = run_calibration(prepared, progress=advance)
+    report = with_progress("starting judge", lambda status: run_calibration(prepared, progress=lambda done, total: status(
+        f"calibrating {spec.key} ({mode})", done, total)))
     _print_calibration(report, len(prepared.items), time.monotonic() - started, prepared.report_path)
 
 
@@ -154,14 +148,8 @@ def judges_train_command(
     spec = TrainJudgeSpec(data=data, out=out, name=name, base=base, outputs=output or None, seed=seed,
                           l2=DEFAULT_L2 if l2 is None else l2, heldout_fraction=heldout, judges_dir=judges_dir)
     started = time.monotonic()
-    with _progress() as progress, _resumable_work():
-        bar = progress.add_task("checking labelled data and base model", total=None)
-        prepared = prepare_training(spec)
-
-        def advance(done: int, total: int) -> None:
-            progress.update(bar, description="features of the labelled answers", completed=done, total=total)
-
-        result = run_training(prepared, progress=advance)
+    result = with_progress("checking labelled data and base model", lambda status: run_training(
+        prepare_training(spec), progress=lambda done, total: status("features of the labelled answers", done, total)))
     manifest = result.manifest
     if result.reused:
         console.print(f"{out} already holds this judge ({manifest.name}); nothing to do", soft_wrap=True)

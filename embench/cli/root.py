@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 
@@ -15,6 +16,9 @@ from embench.cli.run import compare_command, generate_command, judge_command, sc
 from embench.cli.train import reproduce_command, train_command
 from embench.cli.traits import monitor_command, traits_app
 from embench.errors import EmbenchError
+
+# The click typer parses with: click itself, or the copy newer typers vendor as typer._click.
+click = importlib.import_module(typer.BadParameter.__module__)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluate language models for emergent misalignment.")
@@ -43,7 +47,24 @@ def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so engines stop their servers and runs record that they were interrupted.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        app()
+        exit_code = app(standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:  # `embench judges` alone: the group's help, as click does
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        # click's framed box is five lines; one line, with where to look, keeps errors greppable.
+        command = exc.ctx.command_path if exc.ctx else "embench"
+        message = " ".join(exc.format_message().split())
+        errors.print(f"error: {message} (see: {command} --help)", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        errors.print(f"error: {' '.join(exc.format_message().split())}", markup=False, highlight=False,
+                     soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        errors.print("aborted", markup=False, highlight=False)
+        sys.exit(130)
     except EmbenchError as exc:
         errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from embench.cli._ui import JudgesDir, _progress, _resumable_work, console, errors
+from embench.api import JudgeOptions
+from embench.cli._ui import JUDGE_OPTIONS, JudgesDir, console, errors, grouped, with_progress
 from embench.engines.base import KV_CACHE_GIB, EngineOptions
 from embench.metrics import format_estimate
 
@@ -44,19 +46,15 @@ def generate_command(
                         max_model_len=max_model_len, dtype=dtype, allow_pickle=allow_pickle,
                         trust_remote_code=trust_remote_code)
     started = time.monotonic()
-    with _progress() as progress:
-        bar = progress.add_task("resolving model", total=None)
-        prepared = spec.prepare(status=lambda text: progress.update(bar, description=text))
-        progress.update(bar, description=f"starting engine {engine}")
 
-        def advance(done: int, total: int) -> None:
-            progress.update(bar, description=f"generating ({engine})", completed=done, total=total)
+    def prepare_and_generate(status):
+        prepared = spec.prepare(status=status)
+        status(f"starting engine {engine}")
+        return run_generate(prepared, progress=lambda done, total: status(f"generating ({engine})", done, total))
 
-        with _resumable_work():
-            result = run_generate(prepared, progress=advance)
-    elapsed = time.monotonic() - started
-    console.print(f"[bold]{result.generated}[/] new samples, {result.reused} reused, in {elapsed:.1f} s -> "
-                  f"[cyan]{result.run_dir}[/]")
+    result = with_progress("resolving model", prepare_and_generate)
+    console.print(f"[bold]{result.generated}[/] new samples, {result.reused} reused, in "
+                  f"{time.monotonic() - started:.1f} s -> [cyan]{result.run_dir}[/]")
     _print_examples(result.run_dir)
 
 
@@ -71,39 +69,35 @@ def _print_examples(run_dir: Path, count: int = 4) -> None:
     console.print(table)
 
 
+@grouped
 def judge_command(
     run_dir: Path = typer.Argument(..., help="A run directory written by `embench generate` (or `score`)."),
     judge: list[str] = typer.Option(["aligned"], "--judge", "-j", help="Judge id (or id@version); repeat for several."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Default: the judge's own (its trained judge locally, default_model otherwise); in trained mode a trained judge folder."),
-    judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge endpoint; without it the judge runs locally on vLLM."),
-    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled | trained (default: logprob for endpoints; locally trained where the judges name a trained judge, else exact)."),
-    judge_engine: Optional[str] = typer.Option(None, "--judge-engine", help="Local judge engine: hf | vllm (default: hf for exact, else vllm)."),
+    options: JudgeOptions = JUDGE_OPTIONS,
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env"),
     concurrency: int = typer.Option(32, "--concurrency", help="Judge requests in flight (endpoints)."),
     judges_dir: Optional[Path] = JudgesDir,
 ) -> None:
     """Score an existing run with judges, without regenerating anything."""
-    from embench.api import JudgeOptions, JudgeRunSpec, run_judging
+    from embench.api import JudgeRunSpec, run_judging
     from embench.layout import JUDGMENTS_FILE
 
-    prepared = JudgeRunSpec(run_dir=run_dir, judges=judge, judges_dir=judges_dir, judge=JudgeOptions(
-        model=judge_model, base_url=judge_base_url, mode=judge_mode, engine=judge_engine, api_key_env=api_key_env,
-        concurrency=concurrency)).prepare()
-    with _progress() as progress, _resumable_work():
-        bar = progress.add_task("starting judge", total=None)
+    prepared = JudgeRunSpec(run_dir=run_dir, judges=judge, judges_dir=judges_dir, judge=replace(
+        options, api_key_env=api_key_env, concurrency=concurrency)).prepare()
 
-        def advance(spec, done: int, total: int) -> None:
-            progress.update(bar, description=f"judging {spec.key} ({prepared.settings.mode})", completed=done,
-                            total=total)
-
+    def judge_all(status) -> None:
         def report(spec, result) -> None:
             console.print(f"{spec.key}: {result.judged} judged, {result.cached} from cache, {result.reused} already "
                           f"done, {result.failed} failed (re-run to retry them)")
 
-        run_judging(prepared, progress=advance, finished=report)
+        run_judging(prepared, finished=report, progress=lambda spec, done, total: status(
+            f"judging {spec.key} ({prepared.settings.mode})", done, total))
+
+    with_progress("starting judge", judge_all)
     console.print(f"judgments -> [cyan]{run_dir / JUDGMENTS_FILE}[/]")
 
 
+@grouped
 def score_command(
     checkpoint: str = typer.Argument("default", help="'default', a model folder, an adapter folder, or a hub id."),
     suite: str = typer.Option("em-core", "--suite", help="A suite id under tasks/suites (em-core, em-full) or a file."),
@@ -112,10 +106,7 @@ def score_command(
     seed: Optional[int] = typer.Option(None, "--seed"),
     engine: str = typer.Option("vllm", "--engine", "-e", help="Generation engine: vllm | vllm-server | hf."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model of an adapter checkpoint."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Default: the judges' own (their trained judge locally, default_model otherwise); in trained mode a trained judge folder."),
-    judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge endpoint."),
-    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="logprob | exact | sampled | trained (default: logprob for endpoints, else trained)."),
-    judge_engine: Optional[str] = typer.Option(None, "--judge-engine", help="Local judge engine: hf | vllm."),
+    judge: JudgeOptions = JUDGE_OPTIONS,
     judges_dir: Optional[Path] = JudgesDir,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Score directory (default: runs/score-<suite>-<model>-<hash>); re-running resumes it."),
     kv_cache_gib: float = typer.Option(KV_CACHE_GIB, "--kv-cache-gib", help="vLLM KV cache on CPU, in GiB."),
@@ -127,29 +118,20 @@ def score_command(
     from embench.score import ScoreSpec, prepare_score, run_score
 
     spec = ScoreSpec(checkpoint=checkpoint, suite=suite, samples=samples, max_tokens=max_tokens, seed=seed,
-                     engine=engine, base=base, judge_model=judge_model, judge_base_url=judge_base_url,
-                     judge_mode=judge_mode, judge_engine=judge_engine, judges_dir=judges_dir, out=out,
+                     engine=engine, base=base, judge_model=judge.model, judge_base_url=judge.base_url,
+                     judge_mode=judge.mode, judge_engine=judge.engine, judges_dir=judges_dir, out=out,
                      options=EngineOptions(kv_cache_gib=kv_cache_gib, dtype=dtype), allow_pickle=allow_pickle,
                      trust_remote_code=trust_remote_code)
     started = time.monotonic()
-    with _progress() as progress, _resumable_work():
-        bar = progress.add_task("checking suite, judges and model", total=None)
-        prepared = prepare_score(spec)
-
-        def status(text: str, done: int, total: int | None) -> None:
-            progress.update(bar, description=text, completed=done, total=total)
-
-        results_path = run_score(prepared, status=status)
-    console.print(f"scored in {time.monotonic() - started:.0f} s -> [cyan]{results_path}[/]")
-    _print_results(results_path)
+    scored = with_progress("checking suite, judges and model",
+                           lambda status: run_score(prepare_score(spec), status=status))
+    console.print(f"scored in {time.monotonic() - started:.0f} s -> [cyan]{scored.results_path}[/]")
+    _print_results(scored.results)
 
 
-def _print_results(results_path: Path) -> None:
+def _print_results(results) -> None:
     import json
 
-    from embench.results import ScoreResults
-
-    results = ScoreResults.load(results_path)
     table = Table(title=f"{results.suite.id} v{results.suite.version}: {results.config.model_name}")
     for column in ("task", "metric", "value [95% CI]"):
         table.add_column(column, overflow="fold")
@@ -185,6 +167,16 @@ def compare_command(
     for difference in judge_differences:
         errors.print(f"warning: mixed judges: {difference}", markup=False, highlight=False, soft_wrap=True)
 
+    console.print(_comparison_table(a, rows))
+    console.print(f"{len(rows)} metrics compared; * = the 95% interval excludes 0", highlight=False)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(comparison_json(run_a, run_b, a, rows, judge_differences), indent=2) + "\n",
+                            encoding="utf-8")
+        console.print(f"comparison -> [cyan]{json_out}[/]", soft_wrap=True)
+
+
+def _comparison_table(a, rows) -> Table:
     def shown(value: Optional[float], percent: bool, sign: str = "") -> str:
         return "null" if value is None else f"{value * 100:{sign}.1f}" if percent else f"{value:{sign}.2f}"
 
@@ -204,10 +196,4 @@ def compare_command(
                 difference += " *"
         table.add_row(row.task, row.metric, format_estimate(estimate_a, percent), format_estimate(estimate_b, percent),
                       difference)
-    console.print(table)
-    console.print(f"{len(rows)} metrics compared; * = the 95% interval excludes 0", highlight=False)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(comparison_json(run_a, run_b, a, rows, judge_differences), indent=2) + "\n",
-                            encoding="utf-8")
-        console.print(f"comparison -> [cyan]{json_out}[/]", soft_wrap=True)
+    return table

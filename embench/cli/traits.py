@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from embench.cli._ui import TraitsSource, _progress, _resumable_work, console
+from embench.cli._ui import TraitsSource, console, with_progress
 from embench.layout import MONITOR_FILE
 
 
@@ -25,19 +25,25 @@ def monitor_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the random-direction baseline."),
 ) -> None:
     """Trait drift of every checkpoint, PCA across runs, an EM detector calibrated on --labels, null baselines."""
-    from embench.traits.detector import ALARM_RISK
     from embench.traits.monitor import monitor_checkpoints
 
     started = time.monotonic()
-    with _progress() as progress, _resumable_work():
-        bar = progress.add_task("resolving checkpoints", total=None)
+    result = with_progress("resolving checkpoints", lambda status: monitor_checkpoints(
+        inputs, traits, labels, out, traits=trait or None, layer=layer, dtype=dtype, em_threshold=em_threshold,
+        seed=seed, status=status))
+    _show_drift(result.report)
+    _show_evaluations(result.report)
+    timings = result.report.timings
+    per_checkpoint = timings["seconds_per_measured_checkpoint"]
+    console.print(f"{timings['measured_checkpoints']} checkpoint(s) measured"
+                  + (f" ({per_checkpoint:.1f} s each)" if per_checkpoint is not None else "")
+                  + f", {timings['cached_checkpoints']} from the cache, in {time.monotonic() - started:.0f} s -> "
+                  f"[cyan]{result.out / MONITOR_FILE}[/] and {', '.join(result.report.plots)}", soft_wrap=True)
 
-        def status(text: str, done: int, total: Optional[int]) -> None:
-            progress.update(bar, description=text, completed=done, total=total)
 
-        result = monitor_checkpoints(inputs, traits, labels, out, traits=trait or None, layer=layer, dtype=dtype,
-                                     em_threshold=em_threshold, seed=seed, status=status)
-    report = result.report
+def _show_drift(report) -> None:
+    from embench.traits.detector import ALARM_RISK
+
     space = report.trait_space
     table = Table(title="trait drift (PC1 of the drift vector; risk of the detector calibrated on the labels)")
     for column in ("run", "step", "PC1", "risk", "EM rate", "largest drifts"):
@@ -49,6 +55,10 @@ def monitor_command(
                       "-" if row.em_rate is None or row.em_rate.value is None else f"{row.em_rate.value:.1%}",
                       ", ".join(f"{name} {value:+.4f}" for name, value in largest))
     console.print(table)
+
+
+def _show_evaluations(report) -> None:
+    space = report.trait_space
     for name, analysed in [("trait directions", space)] + list(report.baselines.items()):
         parts = [f"PC1 {analysed.pca.pc1_share:.0%} of drift" if analysed.pca else "no PCA"]
         for kind, evaluation in (("in sample", analysed.evaluation), ("held out by run", analysed.held_out)):
@@ -64,12 +74,6 @@ def monitor_command(
         note = f" ({analysed.note})" if analysed.note and analysed.note != report.labels.note else ""
         console.print(f"{name.replace('_', ' ')}: {'; '.join(parts)}{note}", soft_wrap=True, highlight=False)
     console.print(f"labels: {report.labels.note}", soft_wrap=True, highlight=False)
-    timings = report.timings
-    per_checkpoint = timings["seconds_per_measured_checkpoint"]
-    console.print(f"{timings['measured_checkpoints']} checkpoint(s) measured"
-                  + (f" ({per_checkpoint:.1f} s each)" if per_checkpoint is not None else "")
-                  + f", {timings['cached_checkpoints']} from the cache, in {time.monotonic() - started:.0f} s -> "
-                  f"[cyan]{result.out / MONITOR_FILE}[/] and {', '.join(report.plots)}", soft_wrap=True)
 
 
 traits_app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -132,8 +136,6 @@ def traits_extract_command(
 ) -> None:
     """Extract trait directions (mean positive minus mean negative activation) per layer, with held-out probe
     accuracy and a steering sweep that chooses each trait's layer."""
-    import json
-
     from embench.models import resolve_model
     from embench.traits.activations import parse_layers
     from embench.traits.extract import ExtractionSettings
@@ -148,19 +150,24 @@ def traits_extract_command(
         sweep=sweep, sweep_layers=parse_layers(sweep_layers, n_layers, resolved.name) if sweep_layers else None,
         steer_coefficient=steer_coefficient)
     started = time.monotonic()
-    with _progress() as progress, _resumable_work():
-        bar = progress.add_task("checking the output folder", total=None)
+    results = with_progress("checking the output folder",
+                            lambda status: extract_traits(resolved, definitions, out, settings, status=status))
+    _show_directions(resolved.name, settings, results)
+    console.print(f"{len(results)} trait(s) in {time.monotonic() - started:.0f} s -> [cyan]{out}[/] (held-out acc: "
+                  "midpoint threshold on held-out questions; paired: each question's mean removed first; steer "
+                  "effect: shift of the positive-minus-negative answer log-prob gap, nats/token)", soft_wrap=True)
 
-        def status(text: str, done: int, total: Optional[int]) -> None:
-            progress.update(bar, description=text, completed=done, total=total)
 
-        results = extract_traits(resolved, definitions, out, settings, status=status)
-    table = Table(title=f"trait directions of {resolved.name} ({position}, {settings.dtype}; layer chosen by "
+def _show_directions(model_name: str, settings, results) -> None:
+    from embench.files import read_json
+
+    position, sweep = settings.position, settings.sweep
+    table = Table(title=f"trait directions of {model_name} ({position}, {settings.dtype}; layer chosen by "
                         f"{'steering sweep' if sweep else 'middle extracted layer'})")
     for column in ("trait", "kind", "layer", "held-out acc", "paired acc", "best acc (layer)", "steer effect", "s"):
         table.add_column(column, no_wrap=column in ("trait", "kind"))
     for result in results:
-        metadata = json.loads(result.metadata_path.read_text())
+        metadata = read_json(result.metadata_path, "a trait-directions file")
         chosen = next(row for row in metadata["probe"] if row["layer"] == metadata["chosen_layer"])
         best = max(metadata["probe"], key=lambda row: row["accuracy"])
         effect = "-"
@@ -171,9 +178,6 @@ def traits_extract_command(
                       f"{best['accuracy']:.2f} ({best['layer']})", effect,
                       "reused" if result.reused else f"{sum(metadata['wall_s'].values()):.0f}")
     console.print(table)
-    console.print(f"{len(results)} trait(s) in {time.monotonic() - started:.0f} s -> [cyan]{out}[/] (held-out acc: "
-                  "midpoint threshold on held-out questions; paired: each question's mean removed first; steer "
-                  "effect: shift of the positive-minus-negative answer log-prob gap, nats/token)", soft_wrap=True)
 
 
 @traits_app.command("import")

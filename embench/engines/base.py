@@ -17,7 +17,7 @@ KV_CACHE_GIB = 2.0
 class EngineOptions(BaseModel):
     """Settings of an engine that do not change what is asked, only how it is served."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     dtype: str | None = None  # None: each engine's documented default (vLLM: embench.hardware.vllm_dtype, hf fp32)
     max_model_len: int = Field(2048, ge=16)

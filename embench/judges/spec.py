@@ -19,7 +19,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from embench.errors import EmbenchError
-from embench.files import field_error, read_yaml
+from embench.files import field_error, read_text, read_yaml
 from embench.hashing import sha256_text
 
 # Every template is rendered with all of these; ``system`` and ``reasoning`` may be None, ``metadata`` a dict.
@@ -179,7 +179,7 @@ def load_judge_file(path: Path) -> JudgeSpec:
         template_path = (path.parent / spec.template_file).resolve()
         if path.parent.resolve() not in template_path.parents or not template_path.is_file():
             raise EmbenchError(f"{path}: template_file '{spec.template_file}' must be a file beside the judge file")
-        spec = spec.model_copy(update={"template": template_path.read_text(encoding="utf-8")})
+        spec = spec.model_copy(update={"template": read_text(template_path, "a judge template")})
     check_template(spec, str(path))
     if spec.trained_judge is not None:
         trained = (path.parent / spec.trained_judge).resolve()

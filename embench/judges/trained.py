@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from embench.errors import EmbenchError
-from embench.files import first_error
+from embench.files import first_error, read_json
 from embench.hashing import canonical_json, sha256_file
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest, OutcomeCallback
 from embench.judges.scoring import MIN_NUMBER_MASS, ScoreResult
@@ -180,10 +180,7 @@ class TrainedJudge:
         if not manifest_path.is_file():
             raise EmbenchError(f"{folder} is not a trained judge folder (no {TRAINED_JUDGE_FILE}): "
                                "make one with `embench judges train`")
-        try:
-            data = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise EmbenchError(f"{manifest_path}: not valid JSON ({exc})") from None
+        data = read_json(manifest_path, "a trained judge manifest of `embench judges train`")
         if not isinstance(data, dict):
             raise EmbenchError(f"{manifest_path}: a trained judge manifest must be a JSON object")
         try:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import embench
 from embench.errors import EmbenchError
-from embench.files import read_jsonl_models
+from embench.files import check_writable_folder, read_jsonl_models
 from embench.hashing import sha256_file, sha256_json
 from embench.judges.trained import (
     NUMBER_CLASS,
@@ -215,8 +215,9 @@ def prepare_training(spec: TrainJudgeSpec) -> PreparedTraining:
         raise EmbenchError("give labelled data: a labelled JSONL file, a folder of them, or a judged run")
     if not 0 <= spec.heldout_fraction < 1:
         raise EmbenchError(f"--heldout must be in [0, 1) (got {spec.heldout_fraction})")
-    if not spec.l2 > 0:
-        raise EmbenchError(f"--l2 must be positive (got {spec.l2})")
+    if not 0 < spec.l2 < float("inf"):
+        raise EmbenchError(f"--l2 must be a positive finite number (got {spec.l2})")
+    check_writable_folder(spec.out)
     name = spec.name or spec.out.name
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
         raise EmbenchError(f"judge name '{name}' must be lower-case letters, digits, '.', '_' or '-' (--name)")

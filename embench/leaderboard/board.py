@@ -18,7 +18,7 @@ from jsonschema.exceptions import best_match
 from pydantic import BaseModel
 
 from embench.errors import EmbenchError
-from embench.files import LOCK_FILE, FolderLock, now, validated, write_atomic, write_json_atomic
+from embench.files import LOCK_FILE, FolderLock, now, read_json, validated, write_atomic, write_json_atomic
 from embench.hashing import sha256_file
 from embench.judges import JudgeRegistry
 from embench.judges.spec import JUDGE_IDENTITY
@@ -221,9 +221,6 @@ def _check(model: type[BaseModel], data, file: Path):
 def _read_json(file: Path):
     if not file.is_file():
         raise EmbenchError(f"{file} is missing")
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EmbenchError(f"{file}: not valid JSON ({exc})") from None
+    return read_json(file, "a leaderboard file of `embench leaderboard`")
 
 

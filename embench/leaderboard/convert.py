@@ -10,7 +10,6 @@ null where the results hold no task of that family.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from embench.benign import METRIC as BENIGN_METRIC
 from embench.benign import task_config_sha256
 from embench.errors import EmbenchError
+from embench.files import read_json
 from embench.hashing import file_safe, sha256_file, sha256_json
 from embench.judges import JudgeRegistry
 from embench.judges.spec import JUDGE_IDENTITY
@@ -78,10 +78,7 @@ def convert(source: Path, tags: Tags, registry: JudgeRegistry | None = None) -> 
     file = source / RESULTS_FILE if source.is_dir() else source
     if not file.is_file():
         raise EmbenchError(f"{source} is neither a score directory with {RESULTS_FILE} nor a results JSON file")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EmbenchError(f"{file}: not valid JSON ({exc})") from None
+    data = read_json(file, "a results file of `embench score` or lm-eval")
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise EmbenchError(f"{file}: not a results file of `embench score` or lm-eval (no 'results')")
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader
 
 import embench
+from embench.errors import EmbenchError
 from embench.files import now, write_text_atomic
 from embench.layout import BOARD_FILE, PAGE_FILE
 from embench.leaderboard.board import load_board, load_entries, validate_board
@@ -41,14 +42,28 @@ def render(path: Path) -> list[Path]:
     path = Path(path)
     if (path / BOARD_FILE).is_file() or not path.is_dir():
         return render_board(path)
-    pages = [render_board(folder)[0] for folder in sorted(path.iterdir()) if (folder / BOARD_FILE).is_file()]
-    return pages + [render_index(path)]
+    folders = [folder for folder in sorted(path.iterdir()) if (folder / BOARD_FILE).is_file()]
+    if not folders:
+        raise EmbenchError(f"{path} holds no board (no {BOARD_FILE} in it or its folders): publish one with "
+                           "`embench leaderboard publish`")
+    return [render_board(folder)[0] for folder in folders] + [render_index(path)]
+
+
+_PAGE_MARK = "<footer>Written by embench "  # in both templates: a page embench may replace
+
+
+def _check_page(path: Path) -> None:
+    """A page replaces only a page embench wrote: never a user's own ``index.html`` beside the boards."""
+    if path.exists() and (not path.is_file() or _PAGE_MARK not in path.read_text(encoding="utf-8", errors="replace")):
+        raise EmbenchError(f"{path} exists and was not written by embench: move it, or publish the boards elsewhere")
 
 
 def render_board(board_dir: Path) -> list[Path]:
     """Validate the board, write its ``index.html`` and the boards list beside it; returns both paths."""
     board_dir = Path(board_dir)
     board = validate_board(board_dir)
+    for page_path in (board_dir / PAGE_FILE, board_dir.parent / PAGE_FILE):
+        _check_page(page_path)
     entries = {entry.evaluation_id: entry for entry in load_entries(board_dir, board)}
     page = _environment().get_template("board.html.j2").render(
         board=board, entries=entries, plot=trade_off_plot(board.entries), generated=now(),
@@ -61,6 +76,7 @@ def render_index(root: Path) -> Path:
     """``index.html`` in the folder of boards, listing each board with its suite, size and leader."""
     boards: list[tuple[str, Board]] = [(folder.name, load_board(folder)) for folder in sorted(Path(root).iterdir())
                                        if (folder / BOARD_FILE).is_file()]
+    _check_page(Path(root) / PAGE_FILE)
     page = _environment().get_template("index.html.j2").render(boards=boards, generated=now(),
                                                                version=embench.__version__)
     write_text_atomic(Path(root) / PAGE_FILE, page)

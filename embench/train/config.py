@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from embench.errors import EmbenchError
 from embench.hardware import gpu_has_bf16
 from embench.hashing import sha256_json
 
@@ -29,7 +30,7 @@ class DefenseSpec(BaseModel):
 class TrainConfig(BaseModel):
     """Everything that decides the trained weights; ``save_every`` only decides how often they are saved."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = "default"
     data: str
@@ -75,3 +76,18 @@ class MonitorSettings(BaseModel):
     every: int = Field(ge=1)
     traits: Path  # a directions folder from `embench traits extract` on the base model
     detector: Path | None = None  # a monitor.json (or its folder) whose detector was calibrated on labels
+
+
+def monitor_settings(model: str, monitor_every: int | None, monitor_traits: Path,
+                     monitor_detector: Path | None) -> MonitorSettings | None:
+    """What ``--monitor-every K --monitor-traits DIR [--monitor-detector FILE]`` ask for, checked before training."""
+    if monitor_every is None:
+        if monitor_detector is not None:
+            raise EmbenchError("--monitor-detector needs --monitor-every K")
+        return None
+    if monitor_every < 1:
+        raise EmbenchError(f"--monitor-every: must be at least 1, got {monitor_every}")
+    if not monitor_traits.is_dir():
+        raise EmbenchError(f"--monitor-traits {monitor_traits} is not a folder: extract the directions first "
+                           f"(embench traits extract --model {model} --out {monitor_traits})")
+    return MonitorSettings(every=monitor_every, traits=monitor_traits, detector=monitor_detector)

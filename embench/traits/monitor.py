@@ -27,7 +27,6 @@ score null) only drift and PCA are reported, never invented labels.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +40,7 @@ from pydantic import BaseModel
 import embench
 from embench.chat import ChatTemplate
 from embench.errors import EmbenchError
-from embench.files import embench_git_sha, now, write_atomic, write_json_atomic
+from embench.files import embench_git_sha, now, read_json, write_atomic, write_json_atomic
 from embench.hashing import file_safe, sha256_json
 from embench.home import embench_home
 from embench.layout import (
@@ -253,10 +252,7 @@ class Run:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EmbenchError(f"cannot read {path}: {exc}") from None
+    data = read_json(path, "a record of `embench train` or `embench monitor`")
     if not isinstance(data, dict):
         raise EmbenchError(f"{path}: expected a JSON object")
     return data

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import embench
 from embench.errors import EmbenchError
-from embench.files import embench_git_sha, now, write_atomic, write_json_atomic
+from embench.files import embench_git_sha, now, read_json, write_atomic, write_json_atomic
 from embench.hashing import sha256_file, sha256_json
 from embench.models import ResolvedModel
 from embench.traits.extract import LAYER_CONVENTION, ExtractedTrait, TraitExtractor
@@ -114,10 +114,7 @@ def read_metadata(folder: Path) -> dict[str, dict]:
         raise EmbenchError(f"directions folder {folder} does not exist: create it with `embench traits extract`")
     found = {}
     for path in sorted(folder.glob("*.json")):
-        try:
-            metadata = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise EmbenchError(f"{path}: not valid JSON ({exc}); re-extract that trait") from None
+        metadata = read_json(path, "a trait-directions file of `embench traits extract` (re-extract that trait)")
         if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
             raise EmbenchError(f"{path} is not an embench trait-directions file: this folder holds other files")
         found[metadata["trait"]["id"]] = metadata

@@ -1,0 +1,213 @@
+"""Bad input never crashes and never escapes: option parse errors, encodings, corrupt embench files, unbounded
+work, accepted garbage. The command-line cases run the real CLI; the readers are also fed random bytes and mutated
+YAML / JSON Lines in-process (a fuzz pass with a fixed seed), which may only ever end in one-line EmbenchErrors."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from embench.errors import EmbenchError
+from embench.files import MAX_YAML_NODES, read_json, read_jsonl, read_yaml
+from embench.prompts import load_prompts
+from embench.runs import read_generations
+from embench.tasks import load_task_file
+from tests.conftest import assert_one_line_error, run_embench
+
+TASK = """id: tiny
+version: 1
+family: ood
+description: a task
+questions:
+  - id: q1
+    paraphrases: ["Hello?"]
+"""
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["score", "--nosuch"], "No such option: --nosuch"),
+    (["train"], "Missing option '--data'"),
+    (["generate", "-n", "many"], "Invalid value for '-n'"),
+    (["judges", "list", "--bad"], "No such option: --bad"),
+    (["nosuchcommand"], "No such command"),
+])
+def test_option_parse_errors_are_one_line_with_where_to_look(args, fragment):
+    line = assert_one_line_error(run_embench(*args), fragment)
+    assert line.endswith("--help)"), line
+
+
+def test_text_that_is_not_utf8_is_one_line(tmp_path):
+    utf16 = tmp_path / "task.yaml"
+    utf16.write_text(TASK, encoding="utf-16")
+    assert_one_line_error(run_embench("tasks", "validate", str(utf16)), str(utf16), "not UTF-8 text")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "hi"}\n', encoding="utf-16")
+    out = tmp_path / "run"
+    assert_one_line_error(run_embench("generate", "--prompts", str(prompts), "--out", str(out)), "not UTF-8 text",
+                          out=out)
+    home = tmp_path / "home"
+    (home / "judges").mkdir(parents=True)
+    (home / "judges" / "broken.yaml").write_bytes(bytes(range(256)))
+    assert_one_line_error(run_embench("judges", "list", env={"EMBENCH_HOME": str(home)}), "broken.yaml",
+                          "not UTF-8 text")
+
+
+def test_a_lone_surrogate_escape_is_refused_and_a_real_pair_is_text(tmp_path):
+    lone = tmp_path / "lone.jsonl"
+    lone.write_text('{"id": "a", "prompt": "ok"}\n{"id": "b", "prompt": "bad \\ud800 here"}\n', encoding="utf-8")
+    with pytest.raises(EmbenchError, match=r"lone.jsonl:2: .*surrogate"):
+        load_prompts(lone)
+    pair = tmp_path / "pair.jsonl"
+    pair.write_text('{"id": "a", "prompt": "smile \\ud83d\\ude00"}\n', encoding="utf-8")
+    assert load_prompts(pair)[0].messages[-1].content == "smile \U0001F600"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("a: 1\nb: 2\na: 3\n", "key 'a' is given twice (first on line 1)"),
+    ("outer:\n  x: 1\n  x: 2\n", "key 'x' is given twice"),
+    ("a: [1, 2\n", "YAML syntax error"),
+    ("[" * 5000 + "]" * 5000, "YAML"),
+])
+def test_yaml_refuses_duplicate_keys_syntax_errors_and_deep_nesting(tmp_path, text, fragment):
+    path = tmp_path / "file.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(EmbenchError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        read_yaml(path)
+
+
+def test_a_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path):
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]  # 9**10 leaves
+    bomb = tmp_path / "task.yaml"
+    bomb.write_text(TASK + "metadata_bomb:\n" + "\n".join("  " + line for line in lines) + "\n", encoding="utf-8")
+    with pytest.raises(EmbenchError, match=f"expand to more than {MAX_YAML_NODES:,} nodes"):
+        load_task_file(bomb)
+    shared = tmp_path / "shared.yaml"  # anchors of ordinary size stay fine
+    shared.write_text("base: &base {temperature: 1.0}\nfirst: *base\nsecond: *base\n", encoding="utf-8")
+    assert read_yaml(shared)["second"] == {"temperature": 1.0}
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('{"value": NaN}', "NaN is not a number JSON allows"),
+    ('{"value": Infinity}', "Infinity is not a number JSON allows"),
+    ('{"value": -Infinity}', "-Infinity is not a number JSON allows"),
+    ('{"value": 1', "not valid JSON"),
+])
+def test_json_refuses_non_finite_numbers_and_syntax_errors(tmp_path, text, fragment):
+    path = tmp_path / "results.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(EmbenchError, match=fragment):
+        read_json(path, "a results file")
+
+
+def test_a_task_id_that_could_leave_its_folder_is_refused(tmp_path):
+    for bad_id in ("../escape", "a/b", ".hidden", "x" * 200):
+        path = tmp_path / "task.yaml"
+        path.write_text(TASK.replace("id: tiny", f"id: '{bad_id}'"), encoding="utf-8")
+        assert_one_line_error(run_embench("tasks", "validate", str(path)), "field 'id'")
+
+
+def test_generations_records_of_another_shape_are_one_line(tmp_path):
+    for number, line in enumerate(['{"no_key": 1}', '[1, 2]', '{"key": 5}', '{"key": "k", "prompt_id": 3}']):
+        run = tmp_path / f"run{number}"
+        run.mkdir()
+        (run / "generations.jsonl").write_text(line + "\n" + '{"key": "x"}\n', encoding="utf-8")
+        with pytest.raises(EmbenchError, match="generations.jsonl"):
+            list(read_generations(run))
+
+
+def test_unbounded_sample_counts_are_refused_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    assert_one_line_error(run_embench("generate", "--task", "ood-first-plot", "-n", str(10 ** 12), "--out", str(out)),
+                          "samples asked for", out=out)
+    score_out = tmp_path / "score"
+    assert_one_line_error(run_embench("score", "--samples", str(10 ** 9), "--out", str(score_out)),
+                          "samples asked for", out=score_out)
+
+
+@pytest.mark.parametrize("argument", ["kl.lambda=inf", "kl.lambda=nan", "kl.lambda=-inf"])
+def test_non_finite_defense_arguments_are_refused(tmp_path, argument):
+    out = tmp_path / "train"
+    assert_one_line_error(run_embench("train", "--data", "generated:insecure-code", "--defense", "kl",
+                                      "--defense-arg", argument, "--out", str(out)),
+                          "finite number", out=out)
+
+
+def test_render_never_replaces_a_page_embench_did_not_write(tmp_path):
+    own = tmp_path / "index.html"
+    own.write_text("<html>my own page</html>", encoding="utf-8")
+    assert_one_line_error(run_embench("leaderboard", "render", str(tmp_path)), "holds no board")
+    assert own.read_text(encoding="utf-8") == "<html>my own page</html>"
+
+
+FUZZ_YAML = TASK + "metadata:\n  note: 'a'\n  list: [1, 2, 3]\n"
+FUZZ_JSONL = '{"id": "a", "prompt": "hello", "system": "be brief"}\n{"id": "b", "messages": [{"role": "user", "content": "x"}]}\n'
+
+
+def _mutations(seed: int, valid: str, count: int):
+    generator = random.Random(seed)
+    for _ in range(count):
+        if generator.random() < 0.3:
+            yield bytes(generator.randrange(256) for _ in range(generator.randrange(1, 200)))
+            continue
+        data = bytearray(valid.encode("utf-8"))
+        for _ in range(generator.randrange(1, 6)):
+            position = generator.randrange(len(data))
+            operation = generator.randrange(3)
+            if operation == 0:
+                data[position] = generator.randrange(256)
+            elif operation == 1:
+                del data[position:position + generator.randrange(1, 10)]
+            else:
+                data[position:position] = generator.choice([b"&a ", b"*a", b"\n", b":", b"{", b"[", b'"', b"\\ud800",
+                                                             b"NaN", b"\x00", b"\xff\xfe", b"- "])
+        yield bytes(data)
+
+
+@pytest.mark.parametrize("reader, valid", [
+    (read_yaml, FUZZ_YAML),
+    (load_task_file, FUZZ_YAML),
+    (lambda path: read_json(path, "a JSON file"), json.dumps({"a": [1, 2.5, "x"], "b": {"c": None}})),
+    (lambda path: read_jsonl(path, "JSON Lines"), FUZZ_JSONL),
+    (load_prompts, FUZZ_JSONL),
+])
+def test_fuzzed_files_end_in_one_line_errors_only(tmp_path, reader, valid):
+    path = tmp_path / "fuzzed"
+    refused = 0
+    for case, data in enumerate(_mutations(seed=13, valid=valid, count=300)):
+        path.write_bytes(data)
+        try:
+            reader(path)
+        except EmbenchError as exc:
+            refused += 1
+            assert "\n" not in str(exc) and str(exc), (case, data, str(exc))
+    assert refused > 50  # the mutations really were bad input, most of the time
+
+
+def test_output_paths_that_cannot_be_folders_are_refused_before_any_work(tmp_path, default_model):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "hi"}\n', encoding="utf-8")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine", encoding="utf-8")
+    cases = [
+        (a_file, "is a file, not a folder"),
+        (a_file / "run", "lies under"),
+        (tmp_path / ("x" * 300), "over 255 bytes"),
+    ]
+    for out, fragment in cases:
+        assert_one_line_error(run_embench("generate", "--prompts", str(prompts), "--out", str(out)), fragment)
+        assert_one_line_error(run_embench("score", "--out", str(out)), fragment)
+        assert_one_line_error(run_embench("judges", "train", str(prompts), "--out", str(out)), fragment)
+    assert a_file.read_text(encoding="utf-8") == "mine"
+
+
+def test_file_names_made_from_user_text_are_bounded_and_distinct():
+    from embench.hashing import FILE_NAME_PART, file_safe
+
+    long_a, long_b = "m" * 300 + "a", "m" * 300 + "b"
+    assert len(file_safe(long_a).encode()) <= FILE_NAME_PART and file_safe(long_a) != file_safe(long_b)
+    assert len(file_safe("é" * 200).encode()) <= FILE_NAME_PART
+    assert file_safe("org/model-1.5") == "org-model-1.5"  # short names are unchanged
