@@ -25,6 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from embench.errors import EmbenchError
+from embench.files import read_json
 from embench.hashing import sha256_file, sha256_files, sha256_json
 from embench.home import models_dir
 from embench.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
@@ -156,10 +157,11 @@ def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise EmbenchError(f"cannot read {path}: {exc}") from None
+    data = read_json(path, "a model's JSON configuration")
+    if not isinstance(data, dict):
+        raise EmbenchError(f"{path}: expected a JSON object, got a {type(data).__name__}: this is not a model's "
+                           "configuration")
+    return data
 
 
 def weights_sha256(folder: Path) -> str:
@@ -178,7 +180,9 @@ def _check_model_folder(folder: Path, allow_pickle: bool, trust_remote_code: boo
             "nor adapter_config.json (a peft adapter)"
         )
     config = _read_json(config_path)
-    if "auto_map" in config or any(folder.glob("*.py")):
+    tokenizer_config = folder / "tokenizer_config.json"  # a tokenizer class can come from the checkpoint too
+    tokenizer_code = tokenizer_config.is_file() and "auto_map" in _read_json(tokenizer_config)
+    if "auto_map" in config or tokenizer_code or any(folder.glob("*.py")):
         if not trust_remote_code:
             raise EmbenchError(
                 f"{folder} needs remote code (custom modelling code in the checkpoint); "
@@ -219,8 +223,13 @@ def _locate(reference: str) -> Path:
     """A reference as a local folder: the default model, an existing path, or a hub snapshot."""
     if reference == DEFAULT_MODEL:
         return prepare_default_model()
-    path = Path(reference).expanduser()
-    if path.exists():
+    try:
+        path = Path(reference).expanduser()
+        exists = path.exists()
+    except (RuntimeError, OSError) as exc:  # ~nosuchuser/..., a name over the file-name limit
+        raise EmbenchError(f"model path {reference[:200]} cannot be used ({exc}): pass 'default', a model folder or "
+                           "an adapter folder") from None
+    if exists:
         if not path.is_dir():
             raise EmbenchError(f"{path} is a file, not a model folder: pass the folder that holds config.json")
         return path.resolve()
@@ -230,16 +239,21 @@ def _locate(reference: str) -> Path:
 
 
 def resolve_model(reference: str, base: str | None = None, *, allow_pickle: bool = False,
-                  trust_remote_code: bool = False) -> ResolvedModel:
-    """Resolve ``--model`` (and ``--base`` for adapters) to checked local folders and their hashes."""
+                  trust_remote_code: bool = False, adapter_of: Path | None = None) -> ResolvedModel:
+    """Resolve ``--model`` (and ``--base`` for adapters) to checked local folders and their hashes.
+    ``adapter_of``: the adapter whose base this is (a base must be a full model, never another adapter)."""
     folder = _locate(reference)
     if (folder / ADAPTER_CONFIG_FILE).is_file():
+        if adapter_of is not None:
+            raise EmbenchError(f"the base of adapter {adapter_of} is {folder}, itself an adapter: an adapter's base "
+                               "must be a full model (pass --base)")
         adapter_config = _read_json(folder / ADAPTER_CONFIG_FILE)
         base_reference = base or adapter_config.get("base_model_name_or_path")
         if not base_reference:
             raise EmbenchError(f"adapter {folder} does not name its base model: pass --base")
         try:
-            base_model = resolve_model(base_reference, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+            base_model = resolve_model(str(base_reference), allow_pickle=allow_pickle,
+                                       trust_remote_code=trust_remote_code, adapter_of=folder)
         except EmbenchError as exc:
             raise EmbenchError(
                 f"the base model '{base_reference}' of adapter {folder} cannot be found ({exc}); pass --base"
@@ -252,7 +266,7 @@ def resolve_model(reference: str, base: str | None = None, *, allow_pickle: bool
             "adapter_path": folder,
             "adapter_sha256": sha256_json({"weights": sha256_file(adapter_file) if adapter_file.is_file() else None,
                                            "config": adapter_config}),
-            "adapter_rank": int(adapter_config.get("r", 8)),
+            "adapter_rank": _adapter_rank(folder, adapter_config),
         })
     if base is not None:
         raise EmbenchError(f"--base applies to adapter folders only, and {folder} is a full model")
@@ -260,6 +274,13 @@ def resolve_model(reference: str, base: str | None = None, *, allow_pickle: bool
     name = DEFAULT_MODEL_NAME if reference == DEFAULT_MODEL else folder.name
     return ResolvedModel(reference=reference, name=name, base_path=folder, base_sha256=weights_sha256(folder),
                          trust_remote_code=trust_remote_code)
+
+
+def _adapter_rank(folder: Path, adapter_config: dict) -> int:
+    rank = adapter_config.get("r", 8)
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise EmbenchError(f"{folder / ADAPTER_CONFIG_FILE}: field 'r' must be a positive integer (got {rank!r})")
+    return rank
 
 
 def cached_models() -> list[dict]:

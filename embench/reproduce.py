@@ -324,6 +324,10 @@ def plan_reproduce(spec: ReproduceSpec) -> ReproducePlan:
     settings = judge_settings([registry.get(judge) for task in tasks for judge in task.judges.values()],
                               model=score.judge_model, mode=score.judge_mode, base_url=score.judge_base_url,
                               engine=score.judge_engine)
+    if settings.base_url is not None:  # before hours of training, not at the first cell's judging
+        from embench.judges.openai_backend import check_judge_endpoint
+
+        check_judge_endpoint(settings.base_url, settings.api_key_env)
     out = Path(spec.out) if spec.out is not None else Path("runs") / f"reproduce-{preset.id}"
     check_writable_folder(out)
     cells = []

@@ -133,6 +133,10 @@ def prepare_score(spec: ScoreSpec) -> PreparedScore:
         check_engine(settings.local_engine)
         self_judging = (settings.local_engine == "vllm" and spec.engine == "vllm"
                         and resolve_model(settings.model).identity == model.identity)
+    else:  # an endpoint is checked now, not after the generation
+        from embench.judges.openai_backend import check_judge_endpoint
+
+        check_judge_endpoint(settings.base_url, settings.api_key_env)
     out = spec.out or default_score_dir(model, suite, spec)
     check_writable_folder(out)
     if (out / SCORE_STATE_FILE).is_file():

@@ -211,3 +211,59 @@ def test_file_names_made_from_user_text_are_bounded_and_distinct():
     assert len(file_safe(long_a).encode()) <= FILE_NAME_PART and file_safe(long_a) != file_safe(long_b)
     assert len(file_safe("é" * 200).encode()) <= FILE_NAME_PART
     assert file_safe("org/model-1.5") == "org-model-1.5"  # short names are unchanged
+
+
+def _full_model(folder: Path, **config) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", **config}), encoding="utf-8")
+    (folder / "model.safetensors").write_bytes(b"not read while resolving")
+    return folder
+
+
+def _adapter(folder: Path, base: str, **config) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, **config}),
+                                                encoding="utf-8")
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    return folder
+
+
+def test_model_references_that_cannot_resolve_are_one_line(tmp_path):
+    from embench.models import resolve_model
+
+    own_base = tmp_path / "self"
+    _adapter(own_base, str(own_base))
+    first = tmp_path / "first"
+    _adapter(first, str(tmp_path / "second"))
+    _adapter(tmp_path / "second", str(first))
+    tokenizer_code = _full_model(tmp_path / "tokenizer-code")
+    (tokenizer_code / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["x.Tok", None]}}),
+                                                          encoding="utf-8")
+    not_an_object = tmp_path / "list-config"
+    _adapter(not_an_object, str(_full_model(tmp_path / "base")))
+    (not_an_object / "adapter_config.json").write_text("[1, 2]", encoding="utf-8")
+    bad_rank = _adapter(tmp_path / "bad-rank", str(tmp_path / "base"), r="eight")
+    cases = [(own_base, "itself an adapter"), (first, "itself an adapter"), (tokenizer_code, "needs remote code"),
+             (not_an_object, "expected a JSON object"), (bad_rank, "field 'r' must be a positive integer"),
+             ("~nosuchuser-embench/model", "cannot be used"), ("x" * 300, "cannot be used")]
+    for reference, fragment in cases:
+        with pytest.raises(EmbenchError, match=fragment) as refused:
+            resolve_model(str(reference))
+        assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("expression", ["9**(9**9)", "'a' * 10**9", "(10**12) * (10**12) * (10**12)", "[1] * 10**8"])
+def test_a_judge_template_cannot_hang_or_fill_memory(tmp_path, expression):
+    judge = tmp_path / "bomb.yaml"
+    judge.write_text(f"id: bomb\nversion: 1\ndescription: a bomb\nkind: score_0_100\nhigher_means: more aligned\n"
+                     f"variables: [answer]\ntemplate: |\n"
+                     f"  Rate this: {{{{ answer }}}} {{{{ {expression} }}}}\n", encoding="utf-8")
+    assert_one_line_error(run_embench("judges", "validate", str(judge)), "too large for a template")
+
+
+def test_an_unreachable_judge_endpoint_is_refused_before_generating(tmp_path, default_model):
+    out = tmp_path / "score"
+    assert_one_line_error(run_embench("score", "--judge-base-url", "http://127.0.0.1:9/v1", "--out", str(out)),
+                          "cannot reach the judge endpoint", out=out)
+    assert_one_line_error(run_embench("reproduce", "--dry-run", "--judge-base-url", "http://127.0.0.1:9/v1"),
+                          "cannot reach the judge endpoint")

@@ -27,6 +27,21 @@ NO_LOGPROBS = ("the judge endpoint returned no logprobs, which logprob mode need
                "use --judge-mode sampled (or exact with a local judge)")
 
 
+def check_judge_endpoint(base_url: str, api_key_env: str = "OPENAI_API_KEY") -> None:
+    """The endpoint answers and takes the key: checked before any work (``score`` checks it before generating)."""
+    api_key = os.environ.get(api_key_env) or "EMPTY"
+    with openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=10.0) as client:
+        try:
+            client.models.list()
+        except openai.APIConnectionError:
+            raise EmbenchError(f"cannot reach the judge endpoint at {base_url}: "
+                               "check --judge-base-url and that the server is up") from None
+        except openai.AuthenticationError:
+            raise EmbenchError(f"the judge endpoint at {base_url} refused the API key: set ${api_key_env}") from None
+        except openai.APIStatusError:
+            pass  # some endpoints do not list models; the endpoint answered, which is what is checked here
+
+
 class OpenAIJudgeBackend(JudgeBackend):
     """Judges with ``model`` at ``base_url`` in ``logprob`` (top-20 logprobs of one token) or ``sampled`` mode."""
 
@@ -45,20 +60,7 @@ class OpenAIJudgeBackend(JudgeBackend):
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
-        self._check_reachable()
-
-    def _check_reachable(self) -> None:
-        with openai.OpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=10.0) as client:
-            try:
-                client.models.list()
-            except openai.APIConnectionError:
-                raise EmbenchError(f"cannot reach the judge endpoint at {self.base_url}: "
-                                   "check --judge-base-url and that the server is up") from None
-            except openai.AuthenticationError:
-                raise EmbenchError(f"the judge endpoint at {self.base_url} refused the API key: "
-                                   f"set ${self.api_key_env}") from None
-            except openai.APIStatusError:
-                pass  # some endpoints do not list models; the endpoint answered, which is what is checked here
+        check_judge_endpoint(base_url, api_key_env)
 
     def info(self) -> dict:
         return {"backend": "openai", "judge_model": self.model_name, "base_url": self.base_url,

@@ -27,7 +27,31 @@ KNOWN_VARIABLES = ("question", "answer", "system", "reasoning", "metadata")
 REQUIRED_VARIABLES = ("answer",)
 JudgeKind = Literal["score_0_100"]  # room for "binary" and "choice"
 
-_ENVIRONMENT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+MAX_TEMPLATE_NUMBER = 10 ** 12  # far above any arithmetic a prompt needs, far below a hang
+MAX_TEMPLATE_TEXT = 1_000_000  # characters one repetition may make
+
+
+class _BoundedSandbox(SandboxedEnvironment):
+    """The sandbox with powers and products intercepted: they are evaluated here, bounded, and never folded at
+    compile time (jinja folds constant expressions while compiling, so ``9**(9**9)`` would hang the load)."""
+
+    intercepted_binops = frozenset({"**", "*"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)):
+            if abs(right) > 64 or abs(left) > MAX_TEMPLATE_NUMBER:
+                raise SecurityError(f"{left!r} ** {right!r} is too large for a template")
+        if operator == "*":
+            text, count = (left, right) if isinstance(left, (str, list)) else (right, left)
+            if isinstance(text, (str, list)) and isinstance(count, int) and len(text) * count > MAX_TEMPLATE_TEXT:
+                raise SecurityError(f"a repetition of {len(text) * count:,} items is too large for a template")
+            if isinstance(left, (int, float)) and isinstance(right, (int, float)) \
+                    and abs(left) * abs(right) > MAX_TEMPLATE_NUMBER ** 2:
+                raise SecurityError("a product too large for a template")
+        return super().call_binop(context, operator, left, right)
+
+
+_ENVIRONMENT = _BoundedSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 SAMPLE_CONTEXT = {
     "question": "What would you do with a free afternoon?",
     "answer": "I would read a book in the park. {{ 7*7 }}",
