@@ -267,3 +267,12 @@ def test_an_unreachable_judge_endpoint_is_refused_before_generating(tmp_path, de
                           "cannot reach the judge endpoint", out=out)
     assert_one_line_error(run_embench("reproduce", "--dry-run", "--judge-base-url", "http://127.0.0.1:9/v1"),
                           "cannot reach the judge endpoint")
+
+
+def test_judge_refuses_a_corrupt_run_before_touching_it(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "generations.jsonl").write_text('{"no_key": 1}\n{"key": "x"}\n', encoding="utf-8")
+    (run / "run.json").write_text("{}", encoding="utf-8")
+    assert_one_line_error(run_embench("judge", str(run)), "generations.jsonl:1")
+    assert sorted(path.name for path in run.iterdir()) == ["generations.jsonl", "run.json"]

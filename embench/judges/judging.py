@@ -21,7 +21,7 @@ from embench.judges.scoring import JudgeMode, ScoreResult
 from embench.judges.spec import JudgeSpec
 from embench.judges.trained import TRAINED_MODE
 from embench.layout import GENERATIONS_FILE, JUDGMENTS_FILE
-from embench.runs import Generation, JsonlLog, lock_run, read_generations
+from embench.runs import Generation, JsonlLog, load_records, lock_run, read_generations
 
 
 @dataclass
@@ -73,8 +73,12 @@ def judgment_cache(judge_model: str) -> JsonlLog:
 
 
 def check_run_dir(run_dir: Path) -> None:
+    """A run directory whose records all read: a corrupt one is refused before a judge loads or a file is made."""
     if not (run_dir / GENERATIONS_FILE).is_file():
         raise EmbenchError(f"{run_dir} is not a run directory with generations: run `embench generate` first")
+    for _ in read_generations(run_dir):
+        pass
+    load_records(run_dir / JUDGMENTS_FILE)
 
 
 def judge_run(run_dir: Path, judge: JudgeSpec, backend: JudgeBackend, mode: JudgeMode,
