@@ -18,7 +18,6 @@ the same suite as the reference. The output folder holds
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from embench.files import (
     field_error,
     first_error,
     now,
+    read_json,
     read_yaml,
     write_json_atomic,
     write_text_atomic,
@@ -506,9 +506,13 @@ def _finished_cells(plan: ReproducePlan) -> list[Cell]:
     order = [defense.name for defense in plan.preset.defenses]
     cells = []
     for marker in sorted((plan.out / "cells").glob(f"*/*/seed-*/{CELL_FILE}")):
-        record = json.loads(marker.read_text(encoding="utf-8"))
-        cells.append(Cell(dataset=datasets[record["dataset"]], defense=record["defense"], seed=record["seed"],
-                          folder=marker.parent))
+        record = read_json(marker, f"the {CELL_FILE} of a finished `embench reproduce` cell")
+        try:
+            cells.append(Cell(dataset=datasets[record["dataset"]], defense=record["defense"], seed=int(record["seed"]),
+                              folder=marker.parent))
+        except (KeyError, TypeError, ValueError):
+            raise EmbenchError(f"{marker}: not the record of a cell of this preset (dataset, defense, seed): delete "
+                               f"{marker.parent} to run that cell again") from None
     dataset_order = list(datasets)
     return sorted(cells, key=lambda c: (dataset_order.index(c.dataset.name),
                                         order.index(c.defense) if c.defense in order else len(order), c.defense,

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import embench
 from embench.errors import EmbenchError
-from embench.files import check_output_folder, embench_git_sha, now, write_json_atomic
+from embench.files import check_output_folder, embench_git_sha, now, read_json, write_json_atomic
 from embench.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, TRAIN_FILE, TRAIN_LOG_FILE, TRAINER_STATE_FILE
 from embench.models import load_causal_lm, resolve_model
 from embench.results import TrainRecord
@@ -362,7 +362,7 @@ class Trainer:
         lock = lock_run(self.out) if main else None
         try:
             record_path = self.out / TRAIN_FILE
-            previous = json.loads(record_path.read_text()) if record_path.is_file() else None
+            previous = read_json(record_path, f"the {TRAIN_FILE} of `embench train`") if record_path.is_file() else None
             if previous and previous.get("status") == "complete":
                 return TrainResult(self.out, previous["total_steps"], previous["step"], 0, previous.get("final_loss"),
                                    already_complete=True)
