@@ -234,7 +234,7 @@ class Suite(BaseModel):
     id: FolderId
     version: int = Field(ge=1)
     description: str = ""
-    tasks: tuple[FolderId, ...] = Field(min_length=1)
+    tasks: tuple[str, ...] = Field(min_length=1)  # task ids or task files
     overrides: dict[Literal["samples_per_question", "max_tokens", "temperature"], float] = Field(default_factory=dict)
     _folder: Path | None = PrivateAttr(default=None)
 
