@@ -324,10 +324,6 @@ def plan_reproduce(spec: ReproduceSpec) -> ReproducePlan:
     settings = judge_settings([registry.get(judge) for task in tasks for judge in task.judges.values()],
                               model=score.judge_model, mode=score.judge_mode, base_url=score.judge_base_url,
                               engine=score.judge_engine)
-    if settings.base_url is not None:  # before hours of training, not at the first cell's judging
-        from embench.judges.openai_backend import check_judge_endpoint
-
-        check_judge_endpoint(settings.base_url, settings.api_key_env)
     out = Path(spec.out) if spec.out is not None else Path("runs") / f"reproduce-{preset.id}"
     check_writable_folder(out)
     cells = []
@@ -410,6 +406,10 @@ def run_reproduce(plan: ReproducePlan, progress: Status | None = None) -> Reprod
     """The base model, then every cell not finished yet; then the comparison over every finished cell."""
     say = progress or (lambda text, done, total: None)
     out = plan.out
+    if plan.score.judge_base_url is not None:  # before hours of training, not at the first cell's judging
+        from embench.judges.openai_backend import check_judge_endpoint
+
+        check_judge_endpoint(plan.score.judge_base_url)
     lock = lock_run(out)
     try:
         _write_record(plan)

@@ -265,8 +265,9 @@ def test_an_unreachable_judge_endpoint_is_refused_before_generating(tmp_path, de
     out = tmp_path / "score"
     assert_one_line_error(run_embench("score", "--judge-base-url", "http://127.0.0.1:9/v1", "--out", str(out)),
                           "cannot reach the judge endpoint", out=out)
-    assert_one_line_error(run_embench("reproduce", "--dry-run", "--judge-base-url", "http://127.0.0.1:9/v1"),
-                          "cannot reach the judge endpoint")
+    reproduction = tmp_path / "reproduce"
+    assert_one_line_error(run_embench("reproduce", "--judge-base-url", "http://127.0.0.1:9/v1", "--out",
+                                      str(reproduction)), "cannot reach the judge endpoint", out=reproduction)
 
 
 def test_judge_refuses_a_corrupt_run_before_touching_it(tmp_path):
