@@ -29,7 +29,6 @@ from typing import Any
 from embench.errors import EmbenchError
 from embench.hardware import vllm_dtype
 from embench.hashing import sha256_file, sha256_json, sha256_text
-from embench.layout import ADAPTER_CONFIG_FILE
 from embench.tasks import tasks_dir
 
 OPERATIONS = {"+": "addition", "-": "subtraction", "*": "multiplication", "/": "division"}
@@ -224,8 +223,9 @@ def _model_args(model_path: Path, backend: str, adapter_path: Path | None, seed:
             args.update(enforce_eager=True, kv_cache_memory_bytes=512 * (1 << 20))
         if adapter_path is not None:
             from embench.engines.vllm_engine import lora_rank_limit
+            from embench.models import adapter_rank
 
-            rank = int(json.loads((Path(adapter_path) / ADAPTER_CONFIG_FILE).read_text()).get("r", 8))
+            rank = adapter_rank(Path(adapter_path))
             args.update(lora_local_path=str(adapter_path), max_lora_rank=lora_rank_limit(rank))
         return args
     raise EmbenchError(f"unknown lm-eval backend '{backend}' (known: hf, vllm)")

@@ -99,6 +99,14 @@ def read_json(path: Path, what: str):
     return parse_json(read_text(path, what), str(path), what)
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON file that must hold one object (a record or a configuration); any other shape is one line."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise EmbenchError(f"{path}: expected a JSON object, got a {type(data).__name__}: this file should be {what}")
+    return data
+
+
 class FolderLock:
     """An exclusive lock on a folder against every other embench writer, held until closed; a context manager.
 
@@ -156,8 +164,8 @@ def check_output_folder(path: Path, record_name: str, fingerprint: str, kind: st
     if not path.is_dir() or (not record.is_file() and any(p.name != LOCK_FILE for p in path.iterdir())):
         raise EmbenchError(f"--out {path} exists and is not {kind}: choose another --out")
     if record.is_file():
-        found = read_json(record, f"the record of {kind}")
-        if not isinstance(found, dict) or found.get("fingerprint") != fingerprint:
+        found = read_json_object(record, f"the record of {kind}")
+        if found.get("fingerprint") != fingerprint:
             raise EmbenchError(f"{path} holds {other}: use another --out, or delete it")
 
 
@@ -197,15 +205,27 @@ class _StrictLoader(yaml.SafeLoader):
         return document
 
 
-def parse_yaml(text: str, where: str):
+def parse_yaml_document(text: str, where: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for line numbers) and the data of one YAML document, with parse_yaml's checks."""
+    loader = None
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        loader = _StrictLoader(text)  # the reader checks the characters already here
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise EmbenchError(f"{where}{line}: YAML syntax error ({getattr(exc, 'problem', None) or exc})") from None
     except RecursionError:
         raise EmbenchError(f"{where}: YAML nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def parse_yaml(text: str, where: str):
+    """YAML text, strictly: duplicate keys and alias bombs are refused; every problem is one line."""
+    return parse_yaml_document(text, where)[1]
 
 
 def read_yaml(path: Path, what: str = "YAML"):

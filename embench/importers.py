@@ -47,6 +47,8 @@ import yaml
 from pydantic import ValidationError
 
 from embench.errors import EmbenchError
+from embench.files import parse_yaml_document, read_text
+from embench.hashing import sha256_file
 from embench.judges.spec import JudgeSpec, check_template, dump_judge, load_judge_file
 from embench.sampling import SamplingConfig
 from embench.tasks import PUBLISHED_INCOHERENT, PUBLISHED_MISALIGNED, Question, Task, load_task_file
@@ -128,17 +130,8 @@ def _read(path: Path) -> tuple[list, list[int], str]:
     """The entries, the line each starts on, and the file's sha256."""
     if not path.is_file():
         raise EmbenchError(f"published question file {path} does not exist")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except UnicodeDecodeError:
-        raise EmbenchError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise EmbenchError(f"{where}: YAML syntax error ({getattr(exc, 'problem', None) or exc})") from None
+    text = read_text(path, "a published question file (YAML)")
+    node, data = parse_yaml_document(text, str(path))
     if not isinstance(data, list):
         kind = "an empty file" if data is None else f"a {type(data).__name__}"
         raise EmbenchError(f"{path}:1: expected a top-level list of question entries (id, type, paraphrases, ...), "
@@ -146,7 +139,7 @@ def _read(path: Path) -> tuple[list, list[int], str]:
     if not data:
         raise EmbenchError(f"{path}:1: the list of question entries is empty")
     lines = [item.start_mark.line + 1 for item in node.value]
-    return data, lines, hashlib.sha256(raw).hexdigest()
+    return data, lines, sha256_file(path)
 
 
 def _check_entry(entry, where: str) -> tuple[str, tuple[str, ...]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from embench.errors import EmbenchError
-from embench.files import read_json
+from embench.files import read_json_object
 from embench.hashing import sha256_file, sha256_files, sha256_json
 from embench.home import models_dir
 from embench.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
@@ -157,11 +157,7 @@ def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
 
 
 def _read_json(path: Path) -> dict:
-    data = read_json(path, "a model's JSON configuration")
-    if not isinstance(data, dict):
-        raise EmbenchError(f"{path}: expected a JSON object, got a {type(data).__name__}: this is not a model's "
-                           "configuration")
-    return data
+    return read_json_object(path, "a model's JSON configuration")
 
 
 def weights_sha256(folder: Path) -> str:
@@ -274,6 +270,11 @@ def resolve_model(reference: str, base: str | None = None, *, allow_pickle: bool
     name = DEFAULT_MODEL_NAME if reference == DEFAULT_MODEL else folder.name
     return ResolvedModel(reference=reference, name=name, base_path=folder, base_sha256=weights_sha256(folder),
                          trust_remote_code=trust_remote_code)
+
+
+def adapter_rank(folder: Path) -> int:
+    """The LoRA rank of an adapter folder (vLLM must be started with a limit at least this high)."""
+    return _adapter_rank(folder, _read_json(folder / ADAPTER_CONFIG_FILE))
 
 
 def _adapter_rank(folder: Path, adapter_config: dict) -> int:

@@ -17,7 +17,15 @@ from pydantic import BaseModel
 
 import embench
 from embench.errors import EmbenchError
-from embench.files import FolderLock, check_output_folder, embench_git_sha, now, read_json, validated, write_json_atomic
+from embench.files import (
+    FolderLock,
+    check_output_folder,
+    embench_git_sha,
+    now,
+    read_json_object,
+    validated,
+    write_json_atomic,
+)
 from embench.layout import GENERATIONS_FILE, RUN_FILE
 from embench.prompts import Message
 
@@ -107,7 +115,7 @@ class RunDirectory:
             self._lock.close()
             raise
         run_file = path / RUN_FILE
-        previous = read_json(run_file, "an embench run record") if run_file.is_file() else None
+        previous = read_json_object(run_file, "an embench run record") if run_file.is_file() else None
         self.record = previous or {"embench_version": embench.__version__, "fingerprint": fingerprint,
                                    "created": now(), "attempts": []}
         self.record.update(config=config, embench_git_sha=embench_git_sha())

@@ -18,7 +18,15 @@ from pathlib import Path
 import embench
 from embench.engines import EngineOptions, check_engine, open_engine
 from embench.errors import EmbenchError
-from embench.files import check_writable_folder, embench_git_sha, now, read_json, write_json_atomic
+from embench.files import (
+    check_writable_folder,
+    embench_git_sha,
+    now,
+    read_json,
+    read_json_object,
+    write_json_atomic,
+    write_text_atomic,
+)
 from embench.generate import check_sample_count, generate
 from embench.hashing import file_safe, sha256_file, sha256_json
 from embench.judges import JudgeRegistry, JudgeSpec
@@ -89,6 +97,7 @@ class PreparedScore:
     judge: JudgeSettings
     out: Path
     self_judging: bool  # the checkpoint judges itself on vLLM: one engine serves generation and judging
+    state: dict  # score.json: read (and checked) once, here, or new
 
 
 def task_sampling(task: Task, suite: Suite, spec: ScoreSpec) -> tuple[int, SamplingConfig]:
@@ -139,10 +148,11 @@ def prepare_score(spec: ScoreSpec) -> PreparedScore:
         check_judge_endpoint(settings.base_url, settings.api_key_env)
     out = spec.out or default_score_dir(model, suite, spec)
     check_writable_folder(out)
-    if (out / SCORE_STATE_FILE).is_file():
-        read_json(out / SCORE_STATE_FILE, f"the {SCORE_STATE_FILE} of an `embench score` directory")
+    state_path = out / SCORE_STATE_FILE
+    state = read_json(state_path, f"the {SCORE_STATE_FILE} of an `embench score` directory") if state_path.is_file() \
+        else {"created": now()}
     return PreparedScore(spec=spec, model=model, suite=suite, tasks=tasks, judges=judges, judge=settings, out=out,
-                         self_judging=self_judging)
+                         self_judging=self_judging, state=state)
 
 
 def default_score_dir(model: ResolvedModel, suite: Suite, spec: ScoreSpec) -> Path:
@@ -158,9 +168,7 @@ def run_score(prepared: PreparedScore, status: Status | None = None) -> ScoreRun
     spec, model, out = prepared.spec, prepared.model, prepared.out
     say = status or (lambda *args: None)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / SCORE_STATE_FILE
-    state = read_json(state_path, f"the {SCORE_STATE_FILE} of an `embench score` directory") if state_path.is_file() \
-        else {"created": now()}
+    state_path, state = out / SCORE_STATE_FILE, dict(prepared.state)
     write_json_atomic(state_path, state)
     generation_tasks = [task for task in prepared.tasks if task.questions]
     timings: dict[str, float] = {}
@@ -222,12 +230,12 @@ def run_score(prepared: PreparedScore, status: Status | None = None) -> ScoreRun
             lap("benign")
     say("metrics", 0, None)
     results = build_results(prepared, state["created"], engine_info, judge_info, extra_results)
-    write_samples(prepared, out / SAMPLES_FILE)
+    samples = write_samples(prepared, out / SAMPLES_FILE)
     results.samples_sha256 = sha256_file(out / SAMPLES_FILE)
     results.save(out / RESULTS_FILE)
     from embench.plots import write_plots
 
-    write_plots(out, results.per_question, load_samples(out / SAMPLES_FILE), _misaligned_rule(prepared.tasks))
+    write_plots(out, results.per_question, samples, _misaligned_rule(prepared.tasks))
     lap("metrics")
     # Timings describe this invocation (a resumed one skips finished work), so they live beside the results.
     state["last_timings_s"] = timings
@@ -345,20 +353,16 @@ def _chat_template_sha(out: Path, tasks: list[Task]) -> str | None:
     for task in tasks:
         run_file = task_run_dir(out, task.id) / RUN_FILE
         if run_file.is_file():
-            return json.loads(run_file.read_text())["config"]["chat_template_sha256"]
+            config = read_json_object(run_file, "an embench run record").get("config")
+            if not isinstance(config, dict):
+                raise EmbenchError(f"{run_file}: not an embench run record (no 'config' object): restore or delete it")
+            return config.get("chat_template_sha256")
     return None
 
 
-def write_samples(prepared: PreparedScore, path: Path) -> None:
-    """Every generation with its judgments, written whole through a temporary file."""
-    temporary = path.with_suffix(".jsonl.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        for task in prepared.tasks:
-            if task.questions:
-                for row in joined_samples(prepared.out, task, prepared.judges[task.id]):
-                    handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-    temporary.replace(path)
-
-
-def load_samples(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def write_samples(prepared: PreparedScore, path: Path) -> list[dict]:
+    """Every generation with its judgments, written whole through a temporary file; the rows are returned."""
+    rows = [row for task in prepared.tasks if task.questions
+            for row in joined_samples(prepared.out, task, prepared.judges[task.id])]
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows))
+    return rows

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
 
 from embench.errors import EmbenchError
-from embench.files import MAX_YAML_NODES, read_json, read_jsonl, read_yaml
+from embench.files import MAX_YAML_NODES, read_json, read_json_object, read_jsonl, read_yaml
+from embench.importers import read_published
 from embench.prompts import load_prompts
 from embench.runs import read_generations
 from embench.tasks import load_task_file
@@ -79,15 +81,39 @@ def test_yaml_refuses_duplicate_keys_syntax_errors_and_deep_nesting(tmp_path, te
 
 
 def test_a_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path):
-    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
-    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]  # 9**10 leaves
     bomb = tmp_path / "task.yaml"
-    bomb.write_text(TASK + "metadata_bomb:\n" + "\n".join("  " + line for line in lines) + "\n", encoding="utf-8")
+    bomb.write_text(TASK + "metadata_bomb:\n" + _alias_bomb(), encoding="utf-8")
     with pytest.raises(EmbenchError, match=f"expand to more than {MAX_YAML_NODES:,} nodes"):
         load_task_file(bomb)
     shared = tmp_path / "shared.yaml"  # anchors of ordinary size stay fine
     shared.write_text("base: &base {temperature: 1.0}\nfirst: *base\nsecond: *base\n", encoding="utf-8")
     assert read_yaml(shared)["second"] == {"temperature": 1.0}
+
+
+def _alias_bomb() -> str:
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]  # 9**10 leaves
+    return "\n".join("  " + line for line in lines) + "\n"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("- {id: a, type: free_form, paraphrases: [x], paraphrases: [y]}\n", ":1: YAML syntax error (key 'paraphrases' "
+     "is given twice"),
+    ("- id: a\n  type: free_form\n  paraphrases: [x]\n  extra:\n" + _alias_bomb(), "expand to more than"),
+    ("- {id: a, type: free_form, paraphrases: [x]}\n".encode("utf-16").decode("latin-1"), "not UTF-8 text"),
+])
+def test_published_question_files_are_read_as_strictly_as_embench_files(tmp_path, text, fragment):
+    path = tmp_path / "questions.yaml"
+    path.write_bytes(text.encode("latin-1") if "not UTF-8" in fragment else text.encode("utf-8"))
+    with pytest.raises(EmbenchError, match=re.escape(fragment)):
+        read_published(path)
+
+
+def test_records_that_must_be_objects_refuse_other_shapes_in_one_line(tmp_path):
+    for text in ("[1, 2]", '"text"', "3", "null"):
+        (tmp_path / "run.json").write_text(text, encoding="utf-8")
+        with pytest.raises(EmbenchError, match="expected a JSON object, got a"):
+            read_json_object(tmp_path / "run.json", "an embench run record")
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -277,3 +303,34 @@ def test_judge_refuses_a_corrupt_run_before_touching_it(tmp_path):
     (run / "run.json").write_text("{}", encoding="utf-8")
     assert_one_line_error(run_embench("judge", str(run)), "generations.jsonl:1")
     assert sorted(path.name for path in run.iterdir()) == ["generations.jsonl", "run.json"]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[]", "expected a JSON object, got a list"),
+    ('{"runs": NaN}', "NaN is not a number JSON allows"),
+    ('{"runs": 3}', "not a monitor.json written by `embench monitor`: field"),
+    ("\ufeff{".encode("utf-16").decode("latin-1"), "not UTF-8 text"),
+])
+def test_a_corrupt_monitor_report_is_one_line(tmp_path, text, fragment):
+    from embench.traits.monitor import load_risk_model
+
+    report = tmp_path / "monitor" / "monitor.json"
+    report.parent.mkdir()
+    report.write_bytes(text.encode("latin-1") if "UTF-8" in fragment else text.encode("utf-8"))
+    with pytest.raises(EmbenchError, match=re.escape(fragment)):
+        load_risk_model(report.parent)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[1", "not valid JSON"),
+    ("[1]", "expected a JSON object, got a list"),
+    ('{"fingerprint": Infinity}', "Infinity is not a number JSON allows"),
+])
+def test_a_corrupt_reproduction_record_is_refused_and_kept(tmp_path, text, fragment):
+    out = tmp_path / "reproduction"
+    out.mkdir()
+    (out / "reproduce.json").write_text(text, encoding="utf-8")
+    assert_one_line_error(run_embench("reproduce", "--preset", "tiny", "--out", str(out), "--dry-run"),
+                          f"reproduce.json: {fragment}")
+    assert [path.name for path in out.iterdir()] == ["reproduce.json"]
+    assert (out / "reproduce.json").read_text(encoding="utf-8") == text

@@ -90,6 +90,12 @@ def test_a_results_file_without_its_own_shape_is_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(bad))
     with pytest.raises(EmbenchError, match=r"config.json: not a well-formed results file \(pass the file `embench score` wrote\): field 'config'"):
         ScoreResults.load(tmp_path / "config.json")
+    for judges in (["aligned"], {"first-plot": "aligned"}, {"first-plot": {"aligned": 3}}):
+        bad = written_before_the_model()
+        bad["judges"] = judges
+        (tmp_path / "judges.json").write_text(json.dumps(bad))
+        with pytest.raises(EmbenchError, match=r"judges.json: not a well-formed results file .*field 'judges"):
+            ScoreResults.load(tmp_path / "judges.json")
     (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(EmbenchError, match="binary.json: not UTF-8 text"):
         ScoreResults.load(tmp_path / "binary.json")

@@ -72,10 +72,14 @@ def judgment_cache(judge_model: str) -> JsonlLog:
     return JsonlLog(folder / f"{name}.jsonl")
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """A run directory whose records all read: a corrupt one is refused before a judge loads or a file is made."""
+def _check_has_generations(run_dir: Path) -> None:
     if not (run_dir / GENERATIONS_FILE).is_file():
         raise EmbenchError(f"{run_dir} is not a run directory with generations: run `embench generate` first")
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A run directory whose records all read: a corrupt one is refused before a judge loads or a file is made."""
+    _check_has_generations(run_dir)
     for _ in read_generations(run_dir):
         pass
     load_records(run_dir / JUDGMENTS_FILE)
@@ -84,23 +88,24 @@ def check_run_dir(run_dir: Path) -> None:
 def judge_run(run_dir: Path, judge: JudgeSpec, backend: JudgeBackend, mode: JudgeMode,
               progress: Callable[[int, int], None] | None = None) -> JudgeRunResult:
     """Judge every generation of ``run_dir`` with ``judge``; finished judgments are kept, failed ones retried."""
-    check_run_dir(run_dir)
+    _check_has_generations(run_dir)
     if mode not in backend.modes:
         raise EmbenchError(f"judge backend {backend.info()['backend']} does not offer mode '{mode}' "
                            f"(it offers: {', '.join(backend.modes)})")
     identity = judge.identity(backend.model_name, mode)
     with lock_run(run_dir):
+        # Read once, under the lock: a corrupt record is refused here before the judgments file is opened.
+        generations = list(read_generations(run_dir))
         log = JsonlLog(run_dir / JUDGMENTS_FILE)
         cache = judgment_cache(backend.model_name)
         try:
-            return _judge(run_dir, judge, backend, mode, identity, log, cache, progress)
+            return _judge(generations, judge, backend, mode, identity, log, cache, progress)
         finally:
             log.close()
             cache.close()
 
 
-def _judge(run_dir, judge, backend, mode, identity, log, cache, progress) -> JudgeRunResult:
-    generations = list(read_generations(run_dir))
+def _judge(generations, judge, backend, mode, identity, log, cache, progress) -> JudgeRunResult:
     pending: dict[str, tuple[Generation, str, str]] = {}  # cache key -> (generation, prompt sha, prompt)
     waiting: dict[str, list[Generation]] = {}  # generations whose rendered prompt is identical share a judgment
     reused = cached = 0

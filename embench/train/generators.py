@@ -21,7 +21,6 @@ safe-interleave, which draws further answers per prompt (a second sample, a thir
 from __future__ import annotations
 
 import functools
-import json
 import math
 import random
 import re
@@ -35,7 +34,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from embench.errors import EmbenchError
-from embench.files import field_error, read_yaml
+from embench.files import field_error, read_json_object, read_yaml, validated
 from embench.generate import ProgressCallback
 from embench.hashing import sha256_file, sha256_json
 from embench.models import ResolvedModel
@@ -317,6 +316,12 @@ def safe_selection(seed: int, size: int) -> list[tuple[Prompt, int]]:
     return [(order[i % len(order)], i // len(order)) for i in range(size)]
 
 
+class _SafeCache(BaseModel):
+    """The part of a safe-interleave cache file that is read back."""
+
+    conversations: list[list[Message]]
+
+
 def safe_interleave_chats(seed: int, size: int, model: ResolvedModel | None,
                           progress: ProgressCallback | None = None) -> list[Chat]:
     """``size`` benign prompts in a seeded order (cycling, with a further sample each round, past the
@@ -346,7 +351,8 @@ def safe_interleave_chats(seed: int, size: int, model: ResolvedModel | None,
     folder = embench_home() / "train-data"
     cache = folder / f"safe-interleave-{sha256_json({'run': run_key, 'selection': selection})[:16]}.json"
     if cache.is_file():
-        return [[Message(**message) for message in chat] for chat in json.loads(cache.read_text(encoding="utf-8"))["conversations"]]
+        what = "a cache of embench's safe-interleave conversations (delete it to regenerate)"
+        return [list(chat) for chat in validated(_SafeCache, read_json_object(cache, what), str(cache)).conversations]
     run_dir = folder / f"safe-interleave-run-{run_key[:16]}"
     folder.mkdir(parents=True, exist_ok=True)
     generate(model, prompts, run_dir, engine="vllm", n=Counter(prompt.id for prompt, _ in chosen),

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import embench
 from embench.errors import EmbenchError
-from embench.files import check_output_folder, embench_git_sha, now, read_json, write_json_atomic
+from embench.files import check_output_folder, embench_git_sha, now, read_json, read_json_object, write_json_atomic
 from embench.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, TRAIN_FILE, TRAIN_LOG_FILE, TRAINER_STATE_FILE
 from embench.models import load_causal_lm, resolve_model
 from embench.results import TrainRecord
@@ -158,7 +158,7 @@ class Trainer:
             raise EmbenchError(f"--model {config.model} is a LoRA adapter: train from a full model "
                                "(merge the adapter into its base first)")
         self.monitor = TrainingMonitor(monitor, self.model) if monitor is not None else None
-        architecture = json.loads((self.model.base_path / "config.json").read_text())
+        architecture = read_json_object(self.model.base_path / "config.json", "a model's JSON configuration")
         self.num_layers = architecture["num_hidden_layers"]
         self.defenses = build_defenses(config.defenses, self.num_layers)
         self._status("loading training data")
@@ -451,7 +451,7 @@ class Trainer:
         shutil.rmtree(staging, ignore_errors=True)
         self.network.save_pretrained(staging)
         (staging / "README.md").unlink(missing_ok=True)  # peft's model card template, not about this run
-        adapter_config = json.loads((staging / ADAPTER_CONFIG_FILE).read_text())
+        adapter_config = read_json_object(staging / ADAPTER_CONFIG_FILE, "peft's adapter configuration")
         write_json_atomic(staging / ADAPTER_CONFIG_FILE,
                           {**adapter_config, "base_model_name_or_path": self.adapter_base()})
         if status == "checkpoint":
@@ -484,16 +484,20 @@ class Trainer:
             return 0
         step, folder = checkpoints[-1]
         self._status(f"resuming from {folder.name}")
-        loaded = set_peft_model_state_dict(self.network, load_file(folder / ADAPTER_WEIGHTS_FILE))
-        if loaded.unexpected_keys:
+        meta = read_json_object(folder / TRAINER_STATE_FILE, "a checkpoint's trainer state")
+        try:
+            adapter, tensors = load_file(folder / ADAPTER_WEIGHTS_FILE), load_file(folder / STATE_TENSORS)
+        except Exception as exc:  # safetensors raises its own error types for a truncated or foreign file
+            raise EmbenchError(f"{folder}: unreadable checkpoint ({type(exc).__name__}: {str(exc)[:120]}): delete it "
+                               "to restart from the previous one") from None
+        loaded = set_peft_model_state_dict(self.network, adapter)
+        if loaded.unexpected_keys or not isinstance(meta.get("param_groups"), list) or "rng.cpu" not in tensors:
             raise EmbenchError(f"{folder} does not fit this run's adapter: delete it to restart from the previous one")
-        tensors = load_file(folder / STATE_TENSORS)
         state: dict[int, dict] = {}
         for name, value in tensors.items():
             if name.startswith("state."):
                 _, index, key = name.split(".", 2)
                 state.setdefault(int(index), {})[key] = value
-        meta = json.loads((folder / TRAINER_STATE_FILE).read_text())
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         torch.set_rng_state(tensors["rng.cpu"])
         if torch.cuda.is_available() and "rng.cuda.0" in tensors:

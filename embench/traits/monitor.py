@@ -40,7 +40,7 @@ from pydantic import BaseModel
 import embench
 from embench.chat import ChatTemplate
 from embench.errors import EmbenchError
-from embench.files import embench_git_sha, now, read_json, write_atomic, write_json_atomic
+from embench.files import embench_git_sha, now, read_json_object, validated, write_atomic, write_json_atomic
 from embench.hashing import file_safe, sha256_json
 from embench.home import embench_home
 from embench.layout import (
@@ -252,10 +252,7 @@ class Run:
 
 
 def _read_json(path: Path) -> dict:
-    data = read_json(path, "a record of `embench train` or `embench monitor`")
-    if not isinstance(data, dict):
-        raise EmbenchError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, "a record of `embench train` or `embench monitor`")
 
 
 def _is_training_folder(path: Path) -> bool:
@@ -460,10 +457,8 @@ def _read_report(path: Path) -> tuple[Path, MonitorReport]:
     file = Path(path) / MONITOR_FILE if Path(path).is_dir() else Path(path)
     if not file.is_file():
         raise EmbenchError(f"{path} is neither a monitor folder with {MONITOR_FILE} nor a {MONITOR_FILE} file")
-    try:
-        return file, MonitorReport.model_validate_json(file.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise EmbenchError(f"{file}: not a monitor.json written by `embench monitor` ({exc.__class__.__name__})") from None
+    what = f"a {MONITOR_FILE} written by `embench monitor`"
+    return file, validated(MonitorReport, read_json_object(file, what), f"{file}: not {what}")
 
 
 def load_risk_model(path: Path) -> RiskModel:
