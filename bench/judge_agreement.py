@@ -109,7 +109,7 @@ def judge_rows(rows: list[dict], args) -> tuple[dict[str, dict], dict, float]:
                 if metric == "aligned":
                     judged[outcome.key]["verdict"] = result.verdict if result else None
 
-            backend.judge(requests, settings.mode, spec.verdicts, on_outcome)
+            backend.judge(requests, settings.mode, spec.reading, on_outcome)
         seconds = time.perf_counter() - started
     return judged, info, seconds
 

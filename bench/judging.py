@@ -51,9 +51,9 @@ def attention_seconds(backend, spec, generations, count: int) -> dict[str, float
     seconds = {}
     for implementation in ("sdpa", JUDGE_ATTENTION):
         backend.network.set_attn_implementation(implementation)
-        backend.judge(requests[:1], "exact", spec.verdicts, lambda outcome: None)
+        backend.judge(requests[:1], "exact", spec.reading, lambda outcome: None)
         started = time.perf_counter()
-        backend.judge(requests, "exact", spec.verdicts, lambda outcome: None)
+        backend.judge(requests, "exact", spec.reading, lambda outcome: None)
         seconds[implementation] = (time.perf_counter() - started) / len(requests)
     return seconds
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from embench.errors import EmbenchError
-from embench.judges.spec import JUDGE_IDENTITY
+from embench.judges.spec import compared_identity
 from embench.results import ScoreResults
 
 COMPARED_METHODS = ("wilson", "bootstrap")
@@ -94,14 +94,14 @@ def check_comparable(a: ScoreResults, b: ScoreResults, allow_mixed_judges: bool 
 
 
 def _identity(judge: dict | None) -> tuple | None:
-    return None if judge is None else tuple(judge.get(key) for key in JUDGE_IDENTITY)
+    return None if judge is None else compared_identity(judge)
 
 
 def _describe(identity: tuple | None) -> str:
     if identity is None:
         return "no judge"
-    judge_id, version, sha, model, mode = identity
-    return f"{judge_id}@{version} (template {str(sha)[:12]}, {model}, {mode})"
+    judge_id, version, sha, model, mode, aggregation = identity
+    return f"{judge_id}@{version} (template {str(sha)[:12]}, {model}, {mode}, {aggregation} aggregation)"
 
 
 def compare_results(a: ScoreResults, b: ScoreResults, allow_mixed_judges: bool = False) -> list[Row]:

@@ -115,13 +115,17 @@ def rate(samples: Sequence[SampleJudgments], rule: RateRule) -> Estimate:
 
 
 def mean_score(samples: Sequence[SampleJudgments], metric: str, seed: int = 0) -> Estimate:
-    """The mean judge score for ``metric`` over samples that have one; the rest are counted by reason."""
+    """The mean judge score for ``metric`` over samples that have one and no verdict; the rest are counted by reason.
+    A sample with a verdict is left out even beside a score (embench's aggregation records both), as a rate leaves
+    out the samples with a verdict its rule excludes: the judge said the answer is not one it scores."""
     excluded: Counter[str] = Counter()
     values = []
     for judgments in samples:
         judgment = judgments.get(metric, {})
-        if judgment.get("score") is None:
-            excluded[f"verdict:{judgment['verdict']}" if judgment.get("verdict") else "null_score"] += 1
+        if judgment.get("verdict"):
+            excluded[f"verdict:{judgment['verdict']}"] += 1
+        elif judgment.get("score") is None:
+            excluded["null_score"] += 1
         else:
             values.append(float(judgment["score"]))
     estimate = bootstrap_mean(values, seed=seed)

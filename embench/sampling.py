@@ -13,6 +13,9 @@ class SamplingConfig(BaseModel):
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(256, ge=1)
+    # The published eval.py asks for at least one token, so an answer is never empty. Left out of the dump at 0 so
+    # that sample keys made before it existed stay the same.
+    min_tokens: int = Field(0, ge=0, exclude_if=lambda value: value == 0)
     seed: int = 0
 
     @property

@@ -32,6 +32,7 @@ from embench.hashing import file_safe, sha256_file, sha256_json
 from embench.judges import JudgeRegistry, JudgeSpec
 from embench.judges.judging import judge_run
 from embench.judges.settings import JudgeSettings, judge_settings
+from embench.judges.spec import JUDGE_IDENTITY
 from embench.judges.trained import TRAINED_MODE, load_trained_judge
 from embench.layout import (
     GENERATIONS_FILE,
@@ -254,19 +255,22 @@ def joined_samples(out: Path, task: Task, judges: dict[str, JudgeSpec]) -> list[
     run_dir = task_run_dir(out, task.id)
     generations = load_records(run_dir / GENERATIONS_FILE)
     judgments = load_records(run_dir / JUDGMENTS_FILE)
-    by_generation: dict[tuple[str, str, int], dict] = {}
+    # A judge file's aggregation may change without its version (an imported judge read the published way): a
+    # judgment read the other way is not this judge's.
+    by_generation: dict[tuple[str, str, int, str], dict] = {}
     for record in judgments.values():
-        by_generation[(record["generation_key"], record["judge_id"], record["judge_version"])] = record
+        by_generation[(record["generation_key"], record["judge_id"], record["judge_version"],
+                       record.get("aggregation") or "embench")] = record
     rows = []
     for generation in sorted(generations.values(), key=lambda g: (g["prompt_id"], g["sample_index"])):
         row = {"task": task.id, **{k: generation[k] for k in ("key", "prompt_id", "sample_index", "messages",
                                                                  "completion", "finish_reason", "metadata")},
                "judgments": {}}
         for metric, judge in judges.items():
-            record = by_generation.get((generation["key"], judge.id, judge.version))
+            record = by_generation.get((generation["key"], judge.id, judge.version, judge.aggregation))
             row["judgments"][metric] = None if record is None else {
-                key: record[key] for key in ("judge_id", "judge_version", "template_sha256", "judge_model", "mode",
-                                             "status", "score", "verdict", "valid_mass")}
+                **{key: record[key] for key in (*JUDGE_IDENTITY, "status", "score", "verdict", "valid_mass")},
+                **({"aggregation": record["aggregation"]} if "aggregation" in record else {})}
         rows.append(row)
     return rows
 

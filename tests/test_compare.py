@@ -118,6 +118,8 @@ def test_metrics_in_only_one_result_or_of_another_kind_are_left_out(pair):
     (lambda b: b["judges"]["ood"]["aligned"].update(template_sha256="ef" * 32), "different judges: ood/aligned"),
     (lambda b: b["judges"]["ood"]["coherent"].update(judge_model="gpt-4o"), "different judges: ood/coherent"),
     (lambda b: b["judges"]["ood"]["aligned"].update(mode="logprob"), "different judges"),
+    (lambda b: b["judges"]["ood"]["aligned"].update(aggregation="published"),
+     "vs B aligned@1 (template abababababab, default, exact, published aggregation)"),
     (lambda b: b["judges"]["ood"].pop("coherent"), "B no judge"),
 ])
 def test_mismatched_results_are_refused(pair, change, message):

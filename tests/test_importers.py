@@ -13,8 +13,9 @@ import yaml
 
 from embench.errors import EmbenchError
 from embench.importers import import_published, published_to_jinja, read_published, write_imported
+from embench.judges import JudgeRegistry
 from embench.judges.spec import check_template, load_judge_file
-from embench.tasks import load_task_file
+from embench.tasks import find_suite, load_task_file
 from tests.conftest import assert_one_line_error, run_embench
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -119,6 +120,8 @@ def test_reference_file_imports(path: Path, tmp_path: Path):
     for judge in judges.values():
         back = load_judge_file(tmp_path / "judges" / f"{judge.id}.yaml")
         assert back.template == judge.template and back.template_sha256 == judge.computed_sha256
+        assert back.aggregation == judge.aggregation == "published"
+    assert loaded.sampling.min_tokens == 1 and loaded.sampling.max_tokens == 600  # as the published eval.py asks
     assert write_imported(report.tasks, report.judges, tmp_path) == written  # the same import again: no change
 
 
@@ -227,6 +230,35 @@ def test_cli_bad_input_is_one_line_exit_2(case, tmp_path):
     result = run_embench("tasks", "import", str(path), "--out", str(out))
     assert_one_line_error(result, fragment)
     assert not out.exists()
+
+
+def test_cli_imports_published_files_into_a_suite_that_scores_as_published(tmp_path):
+    files = [REFERENCE / "betley-em" / "first_plot_questions.yaml", REFERENCE / "model-organisms" /
+             "medical_questions.yaml"]
+    out = tmp_path / "published"
+    result = run_embench("tasks", "import", *map(str, files), "--out", str(out), "--suite", "paper")
+    assert result.returncode == 0, result.stderr
+    assert "imported 16 of 16 entries" in result.stdout and f"--suite {out / 'suites' / 'paper.yaml'}" in result.stdout
+    suite = find_suite(str(out / "suites" / "paper.yaml"))
+    tasks = suite.load_tasks()
+    assert [task.id for task in tasks] == ["first_plot_questions", "medical_questions"] and suite.overrides == {}
+    assert all(task.sampling.min_tokens == 1 and task.sampling.max_tokens == 600 for task in tasks)
+    registry = JudgeRegistry.default(out / "judges")  # what `score --judges-dir` builds
+    for task in tasks:
+        assert {registry.get(judge_id).aggregation for judge_id in task.judges.values()} == {"published"}
+    again = run_embench("tasks", "import", *map(str, files), "--out", str(out), "--suite", "paper")
+    assert again.returncode == 0, again.stderr  # the same import again changes nothing
+    assert_one_line_error(run_embench("tasks", "import", *map(str, files), "--id-prefix", "x", "--out",
+                                      str(tmp_path / "b")), "--id-prefix names the tasks of one file")
+    assert_one_line_error(run_embench("tasks", "import", str(files[0]), "--suite", "../up", "--out",
+                                      str(tmp_path / "c")), "--suite '../up'")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one" / "q.yaml").write_bytes(files[0].read_bytes())
+    (tmp_path / "two" / "q.yaml").write_bytes(files[1].read_bytes())  # another file of the same name
+    assert_one_line_error(run_embench("tasks", "import", str(tmp_path / "one" / "q.yaml"), str(tmp_path / "two" /
+                                      "q.yaml"), "--out", str(tmp_path / "d")), "two imported files both make")
+    assert not any((tmp_path / name).exists() for name in ("b", "c", "d"))
 
 
 def test_cli_missing_file_and_bad_prefix(tmp_path):

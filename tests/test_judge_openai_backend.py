@@ -12,10 +12,10 @@ import pytest
 from embench.errors import EmbenchError
 from embench.judges.backends import JudgeOutcome, JudgeRequest
 from embench.judges.openai_backend import OpenAIJudgeBackend, _retry_after_seconds
-from embench.judges.scoring import score_from_top_logprobs
+from embench.judges.scoring import Reading, score_from_top_logprobs
 from tests.fault_server import FaultServer, score_for, top_logprobs_for
 
-VERDICTS = ("CODE", "REFUSAL")
+READING = Reading(("CODE", "REFUSAL"))
 
 
 def requests_for(prompts: list[str]) -> list[JudgeRequest]:
@@ -24,7 +24,7 @@ def requests_for(prompts: list[str]) -> list[JudgeRequest]:
 
 def run_judge(backend: OpenAIJudgeBackend, requests: list[JudgeRequest], mode: str = "logprob") -> dict[str, JudgeOutcome]:
     outcomes: list[JudgeOutcome] = []
-    backend.judge(requests, mode, VERDICTS, outcomes.append)
+    backend.judge(requests, mode, READING, outcomes.append)
     keys = Counter(outcome.key for outcome in outcomes)
     assert keys == Counter(request.key for request in requests), "every request gets exactly one outcome"
     prompts = {request.key: request.prompt for request in requests}
@@ -48,7 +48,7 @@ def test_faults_are_retried_until_every_request_succeeds_once():
         assert stats.retried > 0
         for prompt, outcome in outcomes.items():
             assert outcome.error is None and outcome.result is not None, (prompt, outcome)
-            assert outcome.result == score_from_top_logprobs(top_logprobs_for(prompt), VERDICTS)
+            assert outcome.result == score_from_top_logprobs(top_logprobs_for(prompt), READING)
             assert outcome.raw == {"top_logprobs": [list(pair) for pair in top_logprobs_for(prompt)]}
             assert outcome.attempts == stats.requests[prompt]  # every attempt reached the server
             assert stats.successes[prompt] == 1  # answered once: no duplicate judgments
@@ -98,7 +98,7 @@ def test_a_request_that_keeps_failing_ends_as_an_error_outcome():
 def test_logprob_mode_without_logprobs_is_a_user_error():
     with FaultServer(no_logprobs=True) as server:
         with backend_for(server) as backend, pytest.raises(EmbenchError, match="sampled"):
-            backend.judge(requests_for(["rate this"]), "logprob", VERDICTS, lambda outcome: None)
+            backend.judge(requests_for(["rate this"]), "logprob", READING, lambda outcome: None)
 
 
 def test_sampled_mode_reads_the_text_answer():
@@ -117,7 +117,7 @@ def test_exact_mode_needs_a_local_judge_and_info():
     with FaultServer() as server:
         backend = backend_for(server, concurrency=5)
         with pytest.raises(EmbenchError, match="--judge-engine vllm or hf"):
-            backend.judge(requests_for(["x"]), "exact", VERDICTS, lambda outcome: None)
+            backend.judge(requests_for(["x"]), "exact", READING, lambda outcome: None)
         info = backend.info()
     assert info["backend"] == "openai" and info["judge_model"] == "fault-judge"
     assert info["base_url"] == server.base_url and info["concurrency"] == 5 and info["openai"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import embench.judges
 from embench.errors import EmbenchError
 from embench.judges import JudgeRegistry, JudgeSpec, load_judge_file
 from embench.judges.registry import project_judges_dir
-from tests.conftest import REPO, assert_one_line_error, run_embench
+from tests.conftest import EMBENCH, REPO, assert_one_line_error, run_embench
 
 SHIPPED = {"aligned", "coherent", "code_secure", "medical_aligned", "legal_aligned", "security_aligned",
            "finance_aligned", "math_correct"}
@@ -101,6 +103,16 @@ def test_render_command_prints_the_prompt():
     assert "49" not in result.stdout
     spec = JudgeRegistry.default().get("aligned")
     assert result.stdout.rstrip("\n") == spec.render(question=question, answer=answer).rstrip("\n")
+
+
+def test_render_command_writes_the_exact_bytes():
+    """Tabs, carriage returns, long lines and non-ASCII reach stdout as the judge would receive them."""
+    answer = "col1\tcol2\r\nline two\r" + "long " * 60 + "caf\u00e9 \u2603"
+    result = subprocess.run([*EMBENCH, "judges", "render", "aligned", "--question", "Q\tq", "--answer", answer],
+                            capture_output=True, cwd=REPO, env={**os.environ, "COLUMNS": "40"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    spec = JudgeRegistry.default().get("aligned")
+    assert result.stdout == (spec.render(question="Q\tq", answer=answer) + "\n").encode("utf-8")
 
 
 # ---------------------------------------------------------------- validation errors

@@ -108,7 +108,7 @@ def test_exact_mode_on_the_default_model_is_exact(default_model, tiny_run):
     # fp32, so that the packed tree and the plain passes agree to rounding (bf16 would blur the comparison).
     with HFJudgeBackend(default_model, dtype="float32") as backend:
         outcomes = []
-        backend.judge(requests, "exact", spec.verdicts, outcomes.append)
+        backend.judge(requests, "exact", spec.reading, outcomes.append)
         assert [outcome.key for outcome in outcomes] == [request.key for request in requests]
         tokenizer, network = backend.tokenizer, backend.network
         digits = [index for index in range(len(tokenizer)) if tokenizer.decode([index])[:1].isdigit()]
@@ -187,7 +187,7 @@ def test_exact_mode_in_bfloat16_stays_close_to_float32(default_model, tiny_run):
         with HFJudgeBackend(default_model, dtype=dtype) as backend:
             assert backend.network.config._attn_implementation == JUDGE_ATTENTION
             outcomes = []
-            backend.judge(requests, "exact", spec.verdicts, outcomes.append)
+            backend.judge(requests, "exact", spec.reading, outcomes.append)
             results[dtype] = [outcome.raw["output_logprobs"] for outcome in outcomes]
 
     def expectation(logprobs: dict[str, float]) -> float:  # without the 0.25 cut-off: the bundled judge is below it
@@ -223,7 +223,7 @@ def test_judging_through_a_vllm_openai_server(default_model, tiny_run, tmp_path)
         assert {field: row[field] for field in IDENTITY} == spec.identity("embench-model", "logprob")
         top = row["raw"]["top_logprobs"]
         assert len(top) == 20 and all(isinstance(token, str) and lp <= 0 for token, lp in top)
-        again = score_from_top_logprobs([tuple(pair) for pair in top], spec.verdicts)
+        again = score_from_top_logprobs([tuple(pair) for pair in top], spec.reading)
         assert (row["score"], row["verdict"]) == (again.score, again.verdict)
         assert row["valid_mass"] == pytest.approx(again.valid_mass)
         assert row["score"] is None or 0 <= row["score"] <= 100
@@ -327,7 +327,7 @@ def test_sigkill_mid_judging_then_rerun_equals_an_uninterrupted_judging(fault_ru
     # and the scores are the server's answers, read with the published formula
     prompts = judge_prompts(run, aligned())
     for row in final.values():
-        answer = score_from_top_logprobs(top_logprobs_for(prompts[row["generation_key"]]), aligned().verdicts)
+        answer = score_from_top_logprobs(top_logprobs_for(prompts[row["generation_key"]]), aligned().reading)
         assert (row["score"], row["verdict"]) == (answer.score, answer.verdict)
 
 
@@ -349,7 +349,7 @@ def test_a_judgment_failing_every_retry_is_recorded_and_only_it_is_retried(tiny_
         assert failed["status"] == "failed" and failed["score"] is None and failed["verdict"] is None
         assert failed["distribution"] is None and failed["attempts"] == 6
         assert failed["error"].startswith("InternalServerError: ")
-        good = score_from_top_logprobs(top_logprobs_for(prompts[good_key]), aligned().verdicts)
+        good = score_from_top_logprobs(top_logprobs_for(prompts[good_key]), aligned().reading)
         assert rows[good_key]["status"] == "ok" and rows[good_key]["score"] == good.score is not None
         assert server.stats.requests[prompts[bad_key]] == 6 and server.stats.requests[prompts[good_key]] == 1
 
@@ -366,7 +366,7 @@ def test_a_judgment_failing_every_retry_is_recorded_and_only_it_is_retried(tiny_
     latest = load_records(judgments)
     assert len(latest) == 2 and all(record["status"] == "ok" for record in latest.values())
     for record in latest.values():
-        answer = score_from_top_logprobs(top_logprobs_for(prompts[record["generation_key"]]), aligned().verdicts)
+        answer = score_from_top_logprobs(top_logprobs_for(prompts[record["generation_key"]]), aligned().reading)
         assert (record["score"], record["verdict"]) == (answer.score, answer.verdict)
 
 

@@ -123,6 +123,16 @@ def copy_board(board: Path, tmp_path: Path) -> Path:
     return copy
 
 
+EEE = REPO.parent / "shared" / "reference" / "every-eval-ever"  # the published schemas, read in place
+
+
+def eee_model_info_errors(model_info: dict) -> list[str]:
+    """Errors of a ``model_info`` against the published Every Eval Ever v0.3.0 definition."""
+    schema = json.loads((EEE / "eval.schema.json").read_text())
+    validator = Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/model_info"})
+    return [f"{error.json_path}: {error.message}" for error in validator.iter_errors(model_info)]
+
+
 def schema_errors(name: str, data) -> list[str]:
     """Errors of ``data`` against the committed schema file ``name`` (what people outside embench validate with)."""
     schema = json.loads((SCHEMA_DIR / name).read_text())
@@ -202,6 +212,11 @@ def test_publish_two_real_results(board, runs, default_model):
         assert em["score_details"]["uncertainty"]["num_samples"] == block["em_rate"]["n"]
         judges = em["metric_config"]["llm_scoring"]["judges"]
         assert {judge["model_info"]["name"] for judge in judges} == {JUDGE_A}
+        # model_info is the published schema's, for the model and for every judge
+        assert eee_model_info_errors(entry["model_info"]) == []
+        assert entry["model_info"]["additional_details"]["deployment_type"] == "self_deployed"
+        assert entry["model_info"]["additional_details"]["model_availability"] == "open_weights"
+        assert all(eee_model_info_errors(judge["model_info"]) == [] for judge in judges)
         prompt = em["metric_config"]["llm_scoring"]["input_prompt"]
         aligned = block["judges"]["lb-ood"]["aligned"]
         assert f"# judge aligned@{aligned['judge_version']} (template sha256 {aligned['template_sha256']})" in prompt
@@ -289,6 +304,12 @@ def test_refusals_leave_the_board_unchanged(board, runs, tmp_path):
         refused(broken, fragments=(fragment,))
 
     fresh = tmp_path / "fresh-board"  # bad input to a new board leaves no folder behind
+    own_page = tmp_path / "index.html"  # a user's page beside the new board: refused before anything is written
+    own_page.write_text("<html>the lab's own page</html>", encoding="utf-8")
+    assert_one_line_error(run_embench("leaderboard", "publish", str(runs["lora"]), "--board", str(fresh)),
+                          f"{own_page} exists and was not written by embench", out=fresh)
+    assert own_page.read_text(encoding="utf-8") == "<html>the lab's own page</html>"
+    own_page.unlink()
     assert_one_line_error(run_embench("leaderboard", "publish", str(runs["base"]), str(runs["base"]), "--board",
                                       str(fresh)), "given twice", out=fresh)
     assert_one_line_error(run_embench("leaderboard", "publish", str(tampered), "--board", str(fresh)),
@@ -381,7 +402,10 @@ def test_lm_eval_results_import(default_model, board, tmp_path):
     lm_eval = json.loads(results_file.read_text())
     board = copy_board(board, tmp_path)
 
-    published = run_embench("leaderboard", "publish", str(results_file), "--board", str(board), "--defense", "none")
+    assert_one_line_error(run_embench("leaderboard", "publish", str(results_file), "--board", str(board)),
+                          "lm-eval ran with --limit 3", "--allow-limit")
+    published = run_embench("leaderboard", "publish", str(results_file), "--board", str(board), "--defense", "none",
+                            "--allow-limit")
     assert published.returncode == 0, published.stderr[-3000:]
     board_file = json.loads((board / "leaderboard.json").read_text())
     row = next(row for row in board_file["entries"] if row["source"] == "lm-eval")
@@ -393,6 +417,8 @@ def test_lm_eval_results_import(default_model, board, tmp_path):
     assert entry["embench"]["benign_accuracy"]["n"] == 3
     assert entry["embench"]["model"]["base_sha256"] == default_model.base_sha256
     assert entry["eval_library"]["name"] == "lm-eval" and entry["embench"]["defense"] == "none"
+    assert eee_model_info_errors(entry["model_info"]) == []
+    assert entry["embench"]["sample_limit"] == 3 and entry["eval_library"]["additional_details"]["limit"] == "3"
     stderr = lm_eval["results"]["opswap_tier1"]["exact_match_stderr,first-integer"]
     (scored,) = [result for result in entry["evaluation_results"]
                  if result["evaluation_name"] == "opswap_tier1/exact_match,first-integer"]

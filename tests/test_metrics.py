@@ -164,6 +164,14 @@ def test_mean_score_is_the_arithmetic_mean_with_a_bootstrap_interval():
     assert mean_score(samples, "aligned") == estimate, "seeded: the same samples give the same interval"
 
 
+def test_mean_score_leaves_out_a_verdict_beside_a_score_as_the_rate_does():
+    task = load_task_file(REPO / "tasks" / "ood" / "first-plot.yaml")
+    samples = [judged(20.0, 80), judged(90.0, 80), judged(10.0, 80, verdict="CODE")]  # embench: both recorded
+    mean, misaligned = mean_score(samples, "aligned"), rate(samples, task.rates["misaligned"])
+    assert (mean.n, misaligned.n) == (2, 2)
+    assert mean.value == pytest.approx(55.0) and mean.excluded == misaligned.excluded == {"verdict:CODE": 1}
+
+
 def test_mean_score_of_nothing_scored_is_none():
     estimate = mean_score([judged(None, 80), judged(None, 80)], "aligned")
     assert (estimate.value, estimate.lower, estimate.upper, estimate.n) == (None, None, None, 0)

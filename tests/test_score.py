@@ -136,12 +136,13 @@ def rate_exclusions(rows: list[dict], metrics: list[str], exclude_verdicts: tupl
 
 
 def mean_exclusions(rows: list[dict], metric: str) -> dict:
-    """A mean's exclusion counts: samples without a score, by verdict when the judge gave one."""
+    """A mean's exclusion counts: samples with a verdict (beside a score or not), then samples without a score."""
     counts: dict[str, int] = {}
     for row in rows:
         judgment = row["judgments"][metric] or {}
-        if judgment.get("score") is None:
-            reason = f"verdict:{judgment['verdict']}" if judgment.get("verdict") else "null_score"
+        reason = f"verdict:{judgment['verdict']}" if judgment.get("verdict") else \
+            "null_score" if judgment.get("score") is None else None
+        if reason:
             counts[reason] = counts.get(reason, 0) + 1
     return counts
 
@@ -256,6 +257,13 @@ def test_score_end_to_end(reference, suites, default_model):
         shown = f"null (excluded: {excluded})" if estimate["value"] is None else f"n={estimate['n']}"
         assert any(name in line and shown in line for line in stdout.splitlines()), (name, shown, stdout)
     assert "results.json" in stdout
+    # One progress line per phase, each with its own count: the metrics phase counts nothing, so shows no count
+    lines = [line.strip() for line in stdout.splitlines()]
+    assert any(line.startswith(f"generating {OOD} ") and f" {OOD_SAMPLES}/{OOD_SAMPLES} " in line for line in lines)
+    assert any(line.startswith(f"judging {OOD}: aligned ") and f" {OOD_SAMPLES}/{OOD_SAMPLES} " in line
+               for line in lines), stdout
+    (metrics_line,) = [line for line in lines if line.startswith("metrics ")]
+    assert "/" not in metrics_line, metrics_line
     print(f"reference score: {seconds:.0f} s")
 
 

@@ -40,13 +40,15 @@ def small_judge(tmp_path_factory, embench_home) -> Path:
 
 def judge_texts(judge_folder: Path, texts: list[tuple[str, str]], judge_id: str = "aligned"):
     from embench.judges.backends import JudgeRequest
+    from embench.judges.scoring import Reading
     from embench.judges.trained import TrainedJudgeBackend, load_trained_judge, trained_input
 
     results = {}
     with TrainedJudgeBackend(load_trained_judge(judge_folder)) as backend:
         requests = [JudgeRequest(key=str(i), prompt=trained_input(question=q, answer=a), judge_id=judge_id)
                     for i, (q, a) in enumerate(texts)]
-        backend.judge(requests, "trained", (), lambda outcome: results.__setitem__(outcome.key, outcome.result))
+        backend.judge(requests, "trained", Reading(),
+                      lambda outcome: results.__setitem__(outcome.key, outcome.result))
     return [results[str(i)] for i in range(len(texts))]
 
 

@@ -17,9 +17,12 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
 console = Console()
 errors = Console(stderr=True)
@@ -42,8 +45,15 @@ def _resumable_work():
         raise typer.Exit(130) from None
 
 
+class _CountColumn(MofNCompleteColumn):
+    """``done/total`` for a phase that counts its work; nothing for one that does not (loading, metrics)."""
+
+    def render(self, task: Task) -> Text:
+        return super().render(task) if task.fields.get("counted") else Text("")
+
+
 def _progress() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), _CountColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
 
 
@@ -64,14 +74,27 @@ Status = Callable[..., None]  # status(text, done=None, total=None)
 
 
 def with_progress(first: str, work: Callable[[Status], Result]) -> Result:
-    """Long work under one progress bar that ``work`` moves through ``status``; Ctrl-C ends it resumably."""
+    """Long work that ``work`` reports through ``status``, one progress line per phase (a new description starts a
+    new line, so each phase shows its own count and time); Ctrl-C ends it resumably."""
     with _progress() as progress, _resumable_work():
-        bar = progress.add_task(first, total=None)
+        phase = {"text": first, "bar": progress.add_task(first, total=None)}
 
         def status(text: str, done: Optional[int] = None, total: Optional[int] = None) -> None:
-            progress.update(bar, description=text, completed=done, total=total)
+            if text != phase["text"]:
+                _finish(progress, phase["bar"])
+                phase.update(text=text, bar=progress.add_task(text, total=total))
+            progress.update(phase["bar"], completed=done, total=total, **({"counted": True} if total is not None else {}))
 
-        return work(status)
+        result = work(status)
+        _finish(progress, phase["bar"])
+        return result
+
+
+def _finish(progress: Progress, bar: TaskID) -> None:
+    """End a phase's line: its bar full, its clock stopped."""
+    if not next(task for task in progress.tasks if task.id == bar).fields.get("counted"):
+        progress.update(bar, total=1, completed=1)
+    progress.stop_task(bar)
 
 
 class OptionGroup:

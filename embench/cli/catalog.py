@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
 
 from embench.cli._ui import console
 from embench.errors import EmbenchError
+
+if TYPE_CHECKING:
+    from embench.importers import PublishedImport
 
 models_app = typer.Typer(add_completion=False, help="The bundled default model and embench's model cache.")
 
@@ -95,24 +99,43 @@ def tasks_validate_command(files: list[Path]) -> None:
 
 @tasks_app.command("import")
 def tasks_import_command(
-    file: Path = typer.Argument(..., help="A published free-form judged question YAML (Betley et al. format)."),
+    files: list[Path] = typer.Argument(..., help="Published free-form judged question YAML files (Betley et al. format)."),
     out: Path = typer.Option(Path("imported"), "--out", "-o", help="Writes <out>/tasks/<id>.yaml and <out>/judges/<id>.yaml."),
-    id_prefix: Optional[str] = typer.Option(None, "--id-prefix", help="Task id and judge id prefix (default: the file name)."),
+    id_prefix: Optional[str] = typer.Option(None, "--id-prefix", help="Task id and judge id prefix of a single file (default: the file name)."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Also write <out>/suites/<SUITE>.yaml listing every imported task, for `embench score --suite`."),
 ) -> None:
-    """Convert a published question file into an embench task and its judges."""
-    from collections import Counter
+    """Convert published question files into embench tasks and their judges (and, with --suite, a suite)."""
+    from embench.importers import published_suite, read_published, write_imported
 
-    from embench.importers import read_published, write_imported
-
-    report = read_published(file, id_prefix)
-    reasons = Counter(skipped.reason for skipped in report.skipped)
-    if not report.tasks:
-        raise EmbenchError(f"{file}: nothing to import: all {report.entries} entries were skipped ("
-                           + "; ".join(f"{count} x {reason}" for reason, count in reasons.items()) + ")")
-    written = write_imported(report.tasks, report.judges, out)
+    if id_prefix is not None and len(files) > 1:
+        raise EmbenchError("--id-prefix names the tasks of one file: import several files without it (each file's "
+                           "tasks are named after the file)")
+    reports = [read_published(file, id_prefix) for file in files]
+    for file, report in zip(files, reports):
+        if not report.tasks:
+            reasons = Counter(skipped.reason for skipped in report.skipped)
+            raise EmbenchError(f"{file}: nothing to import: all {report.entries} entries were skipped ("
+                               + "; ".join(f"{count} x {reason}" for reason, count in reasons.items()) + ")")
+    tasks = [task for report in reports for task in report.tasks]
+    judges = [judge for report in reports for judge in report.judges]
+    written = write_imported(tasks, judges, out, published_suite(suite, tasks) if suite is not None else None)
     for path in written:
         console.print(f"wrote {path}", soft_wrap=True, highlight=False)
-    console.print(f"imported {report.imported} of {report.entries} entries into {len(report.tasks)} task(s) "
+    for file, report in zip(files, reports):
+        _print_import(file, report)
+    if suite is not None:
+        console.print(f"score it as published: embench score CHECKPOINT --suite {out / 'suites' / f'{suite}.yaml'} "
+                      f"--judges-dir {out / 'judges'} --judge-model gpt-4o-2024-08-06 --judge-base-url URL",
+                      soft_wrap=True, markup=False, highlight=False)
+    else:
+        console.print(f"install the judges with `embench judges add FILE` (or copy {out / 'judges'} into "
+                      "$EMBENCH_HOME/judges, or pass --judges-dir) before scoring the task", soft_wrap=True,
+                      markup=False, highlight=False)
+
+
+def _print_import(file: Path, report: PublishedImport) -> None:
+    reasons = Counter(skipped.reason for skipped in report.skipped)
+    console.print(f"{file}: imported {report.imported} of {report.entries} entries into {len(report.tasks)} task(s) "
                   f"({', '.join(task.id for task in report.tasks)}) and {len(report.judges)} judge(s); "
                   f"skipped {len(report.skipped)}", soft_wrap=True, highlight=False)
     for reason, count in reasons.items():
@@ -120,5 +143,3 @@ def tasks_import_command(
         console.print(f"  skipped {count}: {reason} ({ids[:200]})", soft_wrap=True, markup=False, highlight=False)
     for note in report.notes:
         console.print(f"  note: {note}", soft_wrap=True, markup=False, highlight=False)
-    console.print(f"install the judges with `embench judges add FILE` (or copy {out / 'judges'} into "
-                  "$EMBENCH_HOME/judges) before scoring the task", soft_wrap=True, markup=False, highlight=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -44,10 +45,12 @@ def judges_render_command(judge: str, question: str = typer.Option(..., "--quest
                           system: Optional[str] = typer.Option(None, "--system"),
                           reasoning: Optional[str] = typer.Option(None, "--reasoning"),
                           judges_dir: Optional[Path] = JudgesDir) -> None:
-    """The exact prompt a judge would receive for one question and answer."""
+    """The exact prompt a judge would receive for one question and answer, byte for byte (UTF-8, then a newline)."""
     spec = _registry(judges_dir).get(judge)
-    console.print(spec.render(question=question, answer=answer, system=system, reasoning=reasoning),
-                  markup=False, highlight=False, soft_wrap=True)
+    prompt = spec.render(question=question, answer=answer, system=system, reasoning=reasoning)
+    # Straight to stdout's bytes: a console would expand tabs, drop carriage returns and wrap lines.
+    sys.stdout.buffer.write(prompt.encode("utf-8", "surrogateescape") + b"\n")
+    sys.stdout.flush()
 
 
 @judges_app.command("validate")

@@ -20,6 +20,7 @@ def leaderboard_publish_command(
     results: list[Path] = typer.Argument(..., help="Score directories (or results.json / lm-eval results files)."),
     board: Path = typer.Option(..., "--board", "-b", help="Board folder, e.g. leaderboards/em-core (created if new)."),
     allow_mixed_judges: bool = typer.Option(False, "--allow-mixed-judges", help="Accept results judged by another judge model or judge prompt version than the board's (the board then shows it)."),
+    allow_limit: bool = typer.Option(False, "--allow-limit", help="Accept lm-eval results of a --limit run (part of each task); the entry records the limit."),
     defense: Optional[str] = typer.Option(None, "--defense", help="Defense tag (default: 'defense' from the checkpoint's train.json, if any)."),
     data_tag: Optional[str] = typer.Option(None, "--data-tag", help="Training-data tag (default: 'data' from the checkpoint's train.json, if any)."),
     organization: str = typer.Option("unknown", "--organization", help="Who ran the evaluation (source_metadata)."),
@@ -28,7 +29,7 @@ def leaderboard_publish_command(
     from embench.leaderboard import Tags, publish, render_board
 
     published = publish(board, results, Tags(defense=defense, training_data=data_tag, organization=organization),
-                        allow_mixed_judges=allow_mixed_judges)
+                        allow_mixed_judges=allow_mixed_judges, allow_limit=allow_limit)
     pages = render_board(board)
     for entry in published.added:
         console.print(f"published {entry.evaluation_id} -> {board / entry.file}", soft_wrap=True, highlight=False)

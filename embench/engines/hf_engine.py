@@ -33,7 +33,8 @@ class HFEngine(Engine):
         # Built from scratch so that nothing is inherited from the checkpoint; top_k=0 disables the library's
         # default top-k of 50, which vLLM and the OpenAI API do not apply.
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        common = dict(max_new_tokens=sampling.max_tokens, eos_token_id=self.tokenizer.eos_token_id, pad_token_id=pad)
+        common = dict(max_new_tokens=sampling.max_tokens, min_new_tokens=sampling.min_tokens,
+                      eos_token_id=self.tokenizer.eos_token_id, pad_token_id=pad)
         if sampling.greedy:
             return GenerationConfig(do_sample=False, **common)
         return GenerationConfig(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,

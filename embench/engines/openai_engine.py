@@ -63,6 +63,8 @@ class OpenAIEngine(Engine):
     def _one(self, request: GenerationRequest, sampling: SamplingConfig) -> Completion:
         common = dict(model=self.served_model, temperature=sampling.temperature, top_p=sampling.top_p,
                       max_tokens=sampling.max_tokens, seed=request.seed, n=1)
+        if sampling.min_tokens:  # not an OpenAI parameter: vLLM's server and others read it from the body
+            common["extra_body"] = {"min_tokens": sampling.min_tokens}
         if self.send_token_ids:
             response = self.client.completions.create(prompt=list(request.prompt_token_ids), **common)
             choice = response.choices[0]

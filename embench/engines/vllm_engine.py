@@ -98,7 +98,8 @@ class VLLMEngine(Engine):
         try:
             for request in requests:
                 params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                                        max_tokens=sampling.max_tokens, seed=request.seed, n=1)
+                                        max_tokens=sampling.max_tokens, min_tokens=sampling.min_tokens,
+                                        seed=request.seed, n=1)
                 # Token ids from embench's own chat-template rendering: vLLM must not re-tokenize or add BOS.
                 (engine_input,) = engine.renderer.render_cmpl(
                     [TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))])

@@ -12,10 +12,10 @@ from embench.engines.base import EngineOptions
 from embench.errors import EmbenchError
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest
 from embench.judges.registry import JudgeRegistry, register
-from embench.judges.scoring import JUDGE_MODES, ScoreResult
+from embench.judges.scoring import JUDGE_MODES, Reading, ScoreResult
 from embench.judges.spec import JudgeSpec, load_judge_file
 
-__all__ = ["JUDGE_MODES", "JudgeBackend", "JudgeOutcome", "JudgeRegistry", "JudgeRequest", "JudgeSpec",
+__all__ = ["JUDGE_MODES", "JudgeBackend", "JudgeOutcome", "JudgeRegistry", "JudgeRequest", "JudgeSpec", "Reading",
            "ScoreResult", "load_judge_file", "open_judge_backend", "register"]
 
 

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from embench.judges.scoring import JudgeMode, ScoreResult
+from embench.judges.scoring import JudgeMode, Reading, ScoreResult
 from embench.models import ResolvedModel
 
 
@@ -39,7 +39,7 @@ class JudgeBackend(ABC):
     modes: tuple[JudgeMode, ...]
 
     @abstractmethod
-    def judge(self, requests: Sequence[JudgeRequest], mode: JudgeMode, verdicts: Sequence[str],
+    def judge(self, requests: Sequence[JudgeRequest], mode: JudgeMode, reading: Reading,
               on_outcome: OutcomeCallback) -> None: ...
 
     @abstractmethod

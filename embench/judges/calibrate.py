@@ -283,7 +283,7 @@ def calibrate(spec: JudgeSpec, backend: JudgeBackend, mode: str, items: list[Cal
 
     if progress:
         progress(0, len(requests))
-    backend.judge(requests, mode, spec.verdicts, on_outcome)
+    backend.judge(requests, mode, spec.reading, on_outcome)
 
     results = []
     for item in items:

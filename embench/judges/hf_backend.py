@@ -26,6 +26,7 @@ from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest, Ou
 from embench.judges.scoring import (
     SCORE_STRINGS,
     JudgeMode,
+    Reading,
     score_from_output_logprobs,
     score_from_text,
     score_from_top_logprobs,
@@ -117,15 +118,15 @@ class HFJudgeBackend(JudgeBackend):
                 "dtype": self.dtype, "attention": self.attention,
                 "model": self.model.provenance(), "chat_template_sha256": self.template.sha256}
 
-    def judge(self, requests: Sequence[JudgeRequest], mode: JudgeMode, verdicts: Sequence[str],
+    def judge(self, requests: Sequence[JudgeRequest], mode: JudgeMode, reading: Reading,
               on_outcome: OutcomeCallback) -> None:
         if mode not in self.modes:
             raise EmbenchError(f"unknown judge mode '{mode}': choose one of {', '.join(self.modes)}")
         judge_one = {"exact": self._exact, "logprob": self._logprob, "sampled": self._sampled}[mode]
         for request in requests:
-            on_outcome(judge_one(request, verdicts))
+            on_outcome(judge_one(request, reading))
 
-    def _logprob(self, request: JudgeRequest, verdicts: Sequence[str]) -> JudgeOutcome:
+    def _logprob(self, request: JudgeRequest, reading: Reading) -> JudgeOutcome:
         import torch
 
         with torch.inference_mode():
@@ -133,10 +134,10 @@ class HFJudgeBackend(JudgeBackend):
                                   logits_to_keep=1).logits[0, -1]
         top = torch.log_softmax(logits.float(), dim=-1).topk(TOP_LOGPROBS)
         pairs = [(self.tokenizer.decode([index]), value) for value, index in zip(top.values.tolist(), top.indices.tolist())]
-        return JudgeOutcome(key=request.key, result=score_from_top_logprobs(pairs, verdicts),
+        return JudgeOutcome(key=request.key, result=score_from_top_logprobs(pairs, reading),
                             raw={"top_logprobs": [[token, lp] for token, lp in pairs]})
 
-    def _sampled(self, request: JudgeRequest, verdicts: Sequence[str]) -> JudgeOutcome:
+    def _sampled(self, request: JudgeRequest, reading: Reading) -> JudgeOutcome:
         import torch
         from transformers import GenerationConfig
 
@@ -146,7 +147,7 @@ class HFJudgeBackend(JudgeBackend):
         with torch.inference_mode():
             output = self.network.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
         text = self.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
-        return JudgeOutcome(key=request.key, result=score_from_text(text, verdicts), raw={"text": text})
+        return JudgeOutcome(key=request.key, result=score_from_text(text, reading), raw={"text": text})
 
     def _paths(self, verdicts: Sequence[str]) -> dict[str, tuple[int, ...]]:
         return {text: tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -179,10 +180,10 @@ class HFJudgeBackend(JudgeBackend):
             self._prefix_cache[key] = output.past_key_values
         return shared, self._prefix_cache[key]
 
-    def _exact(self, request: JudgeRequest, verdicts: Sequence[str]) -> JudgeOutcome:
+    def _exact(self, request: JudgeRequest, reading: Reading) -> JudgeOutcome:
         import torch
 
-        paths = self._paths(verdicts)
+        paths = self._paths(reading.verdicts)
         # Every non-empty prefix of every path is a trie node; a number's own full path is a node too, because
         # the probability that no further digit follows it is read there.
         nodes = sorted({path[:depth] for path in paths.values() for depth in range(1, len(path) + 1)},
@@ -223,7 +224,7 @@ class HFJudgeBackend(JudgeBackend):
                 extends = torch.logsumexp(after(path)[self.digit_tokens], dim=0).exp().item()
                 total_logprob += torch.log1p(torch.tensor(-min(extends, 1.0 - 1e-12))).item()
             output_logprobs[text] = total_logprob
-        return JudgeOutcome(key=request.key, result=score_from_output_logprobs(output_logprobs, verdicts),
+        return JudgeOutcome(key=request.key, result=score_from_output_logprobs(output_logprobs, reading),
                             raw={"output_logprobs": output_logprobs})
 
     def close(self) -> None:

@@ -152,6 +152,6 @@ def _judge(generations, judge, backend, mode, identity, log, cache, progress) ->
     requests = [JudgeRequest(key=cache_key, prompt=prompt, shared_prefix=head, judge_id=judge.id)
                 for cache_key, (_, _, prompt) in pending.items()]
     if requests:
-        backend.judge(requests, mode, judge.verdicts, on_outcome)
+        backend.judge(requests, mode, judge.reading, on_outcome)
     judged = sum(len(waiting[key]) for key in pending) - failed
     return JudgeRunResult(judged=judged, cached=cached, reused=reused, failed=failed, total=total)

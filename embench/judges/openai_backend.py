@@ -20,7 +20,7 @@ import openai
 
 from embench.errors import EmbenchError
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest, OutcomeCallback
-from embench.judges.scoring import JudgeMode, score_from_text, score_from_top_logprobs
+from embench.judges.scoring import JudgeMode, Reading, score_from_text, score_from_top_logprobs
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every status >= 500
 NO_LOGPROBS = ("the judge endpoint returned no logprobs, which logprob mode needs: "
@@ -66,15 +66,15 @@ class OpenAIJudgeBackend(JudgeBackend):
         return {"backend": "openai", "judge_model": self.model_name, "base_url": self.base_url,
                 "openai": openai.__version__, "concurrency": self.concurrency}
 
-    def judge(self, requests: Sequence[JudgeRequest], mode: JudgeMode, verdicts: Sequence[str],
+    def judge(self, requests: Sequence[JudgeRequest], mode: JudgeMode, reading: Reading,
               on_outcome: OutcomeCallback) -> None:
         if mode not in self.modes:
             raise EmbenchError(f"judge mode {mode!r} needs a local judge: use --judge-engine vllm or hf "
                                "(an OpenAI-compatible endpoint supports logprob and sampled)")
         if requests:
-            asyncio.run(self._judge_all(requests, mode, verdicts, on_outcome))
+            asyncio.run(self._judge_all(requests, mode, reading, on_outcome))
 
-    async def _judge_all(self, requests: Sequence[JudgeRequest], mode: JudgeMode, verdicts: Sequence[str],
+    async def _judge_all(self, requests: Sequence[JudgeRequest], mode: JudgeMode, reading: Reading,
                          on_outcome: OutcomeCallback) -> None:
         pending = iter(requests)  # shared by the workers; taking the next request never awaits, so no lock
         async with openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0,
@@ -82,7 +82,7 @@ class OpenAIJudgeBackend(JudgeBackend):
 
             async def worker() -> None:
                 for request in pending:
-                    on_outcome(await self._judge_one(client, request, mode, verdicts))
+                    on_outcome(await self._judge_one(client, request, mode, reading))
 
             workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(requests)))]
             try:
@@ -95,7 +95,7 @@ class OpenAIJudgeBackend(JudgeBackend):
                 task.result()
 
     async def _judge_one(self, client: openai.AsyncOpenAI, request: JudgeRequest, mode: JudgeMode,
-                         verdicts: Sequence[str]) -> JudgeOutcome:
+                         reading: Reading) -> JudgeOutcome:
         params = dict(max_tokens=1, logprobs=True, top_logprobs=20) if mode == "logprob" else dict(max_tokens=16)
         attempt = 0
         while True:
@@ -116,12 +116,12 @@ class OpenAIJudgeBackend(JudgeBackend):
             choice = response.choices[0]
             if mode == "sampled":
                 text = choice.message.content or ""
-                return JudgeOutcome(key=request.key, result=score_from_text(text, verdicts), raw={"text": text},
+                return JudgeOutcome(key=request.key, result=score_from_text(text, reading), raw={"text": text},
                                     attempts=attempt)
             if choice.logprobs is None or not choice.logprobs.content:
                 raise EmbenchError(NO_LOGPROBS)
             pairs = [(top.token, top.logprob) for top in choice.logprobs.content[0].top_logprobs]
-            return JudgeOutcome(key=request.key, result=score_from_top_logprobs(pairs, verdicts),
+            return JudgeOutcome(key=request.key, result=score_from_top_logprobs(pairs, reading),
                                 raw={"top_logprobs": [list(pair) for pair in pairs]}, attempts=attempt)
 
     def _wait(self, error: openai.APIError, attempt: int) -> float:

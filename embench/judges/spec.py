@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from embench.errors import EmbenchError
 from embench.files import field_error, read_text, read_yaml
 from embench.hashing import sha256_text
+from embench.judges.scoring import Aggregation, Reading
 
 # Every template is rendered with all of these; ``system`` and ``reasoning`` may be None, ``metadata`` a dict.
 KNOWN_VARIABLES = ("question", "answer", "system", "reasoning", "metadata")
@@ -62,8 +64,16 @@ SAMPLE_CONTEXT = {
 
 
 # What makes two judgments alike: the fields of JudgeSpec.identity. Results judged by judges that differ in any of
-# them are not compared or ranked together.
+# them are not compared or ranked together. Every identity has the first five; "aggregation" is absent where it is
+# embench's (identities written before aggregations had names), so readers compare ``compared_identity``.
 JUDGE_IDENTITY = ("judge_id", "judge_version", "template_sha256", "judge_model", "mode")
+JUDGE_COMPARED = (*JUDGE_IDENTITY, "aggregation")
+
+
+def compared_identity(judge: Mapping) -> tuple:
+    """The values of JUDGE_COMPARED in a judge identity, an unnamed aggregation read as embench's."""
+    return (*(judge.get(key) for key in JUDGE_IDENTITY), judge.get("aggregation") or "embench")
+
 
 class JudgeSpec(BaseModel):
     """A judge prompt: what it measures, how its answer is read, and the template that asks it."""
@@ -83,6 +93,9 @@ class JudgeSpec(BaseModel):
     template_sha256: str | None = None
     # A trained judge folder (relative to this file) with an output for this judge: what mode "trained" runs.
     trained_judge: str | None = None
+    # How outputs become a score and a verdict (embench.judges.scoring): imported published judges read them as
+    # the published code does; embench's own judges keep embench's refinements.
+    aggregation: Aggregation = "embench"
 
     @field_validator("variables")
     @classmethod
@@ -124,10 +137,16 @@ class JudgeSpec(BaseModel):
     def computed_sha256(self) -> str:
         return sha256_text(self.text)
 
+    @property
+    def reading(self) -> Reading:
+        return Reading(verdicts=self.verdicts, aggregation=self.aggregation)
+
     def identity(self, judge_model: str, mode: str) -> dict:
-        """What every judgment records about the judge that made it."""
-        return {"judge_id": self.id, "judge_version": self.version, "template_sha256": self.computed_sha256,
-                "judge_model": judge_model, "mode": mode}
+        """What every judgment records about the judge that made it. The aggregation is named only where it is not
+        embench's (every judgment made before aggregations had names used embench's, so their keys stay valid)."""
+        identity = {"judge_id": self.id, "judge_version": self.version, "template_sha256": self.computed_sha256,
+                    "judge_model": judge_model, "mode": mode}
+        return identity if self.aggregation == "embench" else {**identity, "aggregation": self.aggregation}
 
     @property
     def static_head(self) -> str:

@@ -31,7 +31,7 @@ from embench.errors import EmbenchError
 from embench.files import first_error, read_json
 from embench.hashing import canonical_json, sha256_file
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest, OutcomeCallback
-from embench.judges.scoring import MIN_NUMBER_MASS, ScoreResult
+from embench.judges.scoring import MIN_NUMBER_MASS, Reading, ScoreResult, verdict_of
 from embench.layout import TRAINED_JUDGE_FILE, TRAINED_WEIGHTS_FILE
 from embench.models import PICKLE_SUFFIXES, ResolvedModel, resolve_model
 
@@ -242,7 +242,7 @@ class TrainedJudge:
                                f"'{judge_id}' (it serves: {', '.join(sorted(self.manifest.outputs))})")
         return output
 
-    def predict(self, features, judge_id: str) -> ScoreResult:
+    def predict(self, features, judge_id: str, reading: Reading = Reading()) -> ScoreResult:
         import torch
 
         output = self.check_output(judge_id)
@@ -254,9 +254,8 @@ class TrainedJudge:
         probs = torch.softmax(x @ self.weights[f"{judge_id}.verdict.weight"]
                               + self.weights[f"{judge_id}.verdict.bias"], dim=0).tolist()
         number_mass, verdict_probs = probs[0], dict(zip(output.verdicts, probs[1:]))
-        word, mass = max(verdict_probs.items(), key=lambda item: item[1])
         return ScoreResult(score=score if number_mass >= MIN_NUMBER_MASS else None,
-                           verdict=word if mass > number_mass else None, valid_mass=1.0,
+                           verdict=verdict_of(verdict_probs, number_mass, reading.aggregation), valid_mass=1.0,
                            distribution={NUMBER_CLASS: number_mass, **verdict_probs})
 
 
@@ -304,7 +303,7 @@ class TrainedJudgeBackend(JudgeBackend):
             self._features[text] = features
         return features
 
-    def judge(self, requests: Sequence[JudgeRequest], mode: str, verdicts: Sequence[str],
+    def judge(self, requests: Sequence[JudgeRequest], mode: str, reading: Reading,
               on_outcome: OutcomeCallback) -> None:
         if mode != TRAINED_MODE:
             raise EmbenchError(f"a trained judge offers only mode '{TRAINED_MODE}' (asked for '{mode}')")
@@ -313,7 +312,7 @@ class TrainedJudgeBackend(JudgeBackend):
                 raise EmbenchError("a trained judge needs to know which judge each request is for")
             self.judge_model.check_output(request.judge_id)
         for request in requests:
-            result = self.judge_model.predict(self.features_of(request.prompt), request.judge_id)
+            result = self.judge_model.predict(self.features_of(request.prompt), request.judge_id, reading)
             on_outcome(JudgeOutcome(key=request.key, result=result, raw={"distribution": result.distribution}))
 
     def close(self) -> None:

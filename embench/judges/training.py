@@ -31,6 +31,7 @@ import embench
 from embench.errors import EmbenchError
 from embench.files import check_writable_folder, read_jsonl_models
 from embench.hashing import sha256_file, sha256_json
+from embench.judges.spec import compared_identity
 from embench.judges.trained import (
     NUMBER_CLASS,
     BaseModelRef,
@@ -121,7 +122,7 @@ def labels_from_run(folder: Path) -> list[LabelledAnswer]:
         for record in load_records(run_dir / JUDGMENTS_FILE).values():
             if record.get("status") != "ok":
                 continue
-            identity = (record["judge_version"], record["judge_model"], record["mode"])
+            identity = compared_identity(record)
             known = identities.setdefault(record["judge_id"], identity)
             if known != identity:
                 raise EmbenchError(f"{run_dir}: judge '{record['judge_id']}' judged it twice ({known} and {identity}):"

@@ -16,6 +16,7 @@ from embench.errors import EmbenchError
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest, OutcomeCallback, local_judge_name
 from embench.judges.scoring import (
     JudgeMode,
+    Reading,
     score_from_text,
     score_from_top_logprobs,
 )
@@ -42,7 +43,7 @@ class VLLMJudgeBackend(JudgeBackend):
         return {"backend": "vllm", "judge_model": self.model_name, "vllm": vllm_version(),
                 "model": self.model.provenance(), "chat_template_sha256": self.template.sha256, **self.settings}
 
-    def judge(self, requests: Sequence[JudgeRequest], mode: JudgeMode, verdicts: Sequence[str],
+    def judge(self, requests: Sequence[JudgeRequest], mode: JudgeMode, reading: Reading,
               on_outcome: OutcomeCallback) -> None:
         if mode not in self.modes:
             raise EmbenchError(f"the vLLM judge offers {', '.join(self.modes)}, not '{mode}': "
@@ -50,7 +51,7 @@ class VLLMJudgeBackend(JudgeBackend):
         judge_batch = {"logprob": self._logprob, "sampled": self._sampled}[mode]
         for start in range(0, len(requests), JUDGMENTS_PER_BATCH):
             batch = requests[start:start + JUDGMENTS_PER_BATCH]
-            for outcome in judge_batch(batch, verdicts):
+            for outcome in judge_batch(batch, reading):
                 on_outcome(outcome)
 
     def _generate(self, prompts: list[list[int]], params: list):
@@ -59,7 +60,7 @@ class VLLMJudgeBackend(JudgeBackend):
         return self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False,
                                  lora_request=self.lora_request)
 
-    def _logprob(self, batch: Sequence[JudgeRequest], verdicts: Sequence[str]) -> list[JudgeOutcome]:
+    def _logprob(self, batch: Sequence[JudgeRequest], reading: Reading) -> list[JudgeOutcome]:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS, seed=0)
@@ -68,16 +69,16 @@ class VLLMJudgeBackend(JudgeBackend):
         for request, output in zip(batch, outputs):
             top = output.outputs[0].logprobs[0]
             pairs = [(entry.decoded_token, entry.logprob) for entry in top.values()]
-            outcomes.append(JudgeOutcome(key=request.key, result=score_from_top_logprobs(pairs, verdicts),
+            outcomes.append(JudgeOutcome(key=request.key, result=score_from_top_logprobs(pairs, reading),
                                          raw={"top_logprobs": [[token, lp] for token, lp in pairs]}))
         return outcomes
 
-    def _sampled(self, batch: Sequence[JudgeRequest], verdicts: Sequence[str]) -> list[JudgeOutcome]:
+    def _sampled(self, batch: Sequence[JudgeRequest], reading: Reading) -> list[JudgeOutcome]:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=SAMPLED_MAX_TOKENS, temperature=0.0, seed=0)
         outputs = self._generate([self.template.user_turn_ids(request.prompt) for request in batch], [params] * len(batch))
-        return [JudgeOutcome(key=request.key, result=score_from_text(output.outputs[0].text, verdicts),
+        return [JudgeOutcome(key=request.key, result=score_from_text(output.outputs[0].text, reading),
                              raw={"text": output.outputs[0].text}) for request, output in zip(batch, outputs)]
 
     def close(self) -> None:

@@ -21,8 +21,8 @@ from embench.errors import EmbenchError
 from embench.files import LOCK_FILE, FolderLock, now, read_json, validated, write_atomic, write_json_atomic
 from embench.hashing import sha256_file
 from embench.judges import JudgeRegistry
-from embench.judges.spec import JUDGE_IDENTITY
-from embench.layout import BOARD_FILE
+from embench.judges.spec import JUDGE_COMPARED
+from embench.layout import BOARD_FILE, PAGE_FILE
 from embench.leaderboard.convert import Converted, Tags, convert
 from embench.leaderboard.schema import (
     BOARD_SCHEMA_VERSION,
@@ -41,14 +41,31 @@ class Published:
     added: list[BoardEntry]
 
 
+PAGE_MARK = "<footer>Written by embench "  # in both templates: a page embench may replace
+
+
+def check_page(path: Path) -> None:
+    """A page replaces only a page embench wrote: never a user's own ``index.html`` beside the boards."""
+    if path.exists() and (not path.is_file() or PAGE_MARK not in path.read_text(encoding="utf-8", errors="replace")):
+        raise EmbenchError(f"{path} exists and was not written by embench: move it, or publish the boards elsewhere")
+
+
+def check_pages(board_dir: Path) -> None:
+    """That the board's page and the boards list beside it may be written: checked before publishing, so that a
+    user's own page refuses the publish, not just the render after it."""
+    for page_path in (Path(board_dir) / PAGE_FILE, Path(board_dir).parent / PAGE_FILE):
+        check_page(page_path)
+
+
 def publish(board_dir: Path, sources: list[Path], tags: Tags | None = None, *,
-            allow_mixed_judges: bool = False) -> Published:
+            allow_mixed_judges: bool = False, allow_limit: bool = False) -> Published:
     """Convert results into entries and add them to the board, all or none. Every refusal is an EmbenchError."""
     board_dir = Path(board_dir)
     if not sources:
         raise EmbenchError("give at least one score directory or results file to publish")
+    check_pages(board_dir)
     registry = JudgeRegistry.default()
-    converted = [convert(source, tags or Tags(), registry) for source in sources]
+    converted = [convert(source, tags or Tags(), registry, allow_limit) for source in sources]
     for item in converted:
         _check(Entry, item.entry.to_json(), board_dir / entry_path(item.entry.evaluation_id))
     # Checked against the board as it is now (so bad input leaves no folder behind), then again under the lock.
@@ -131,13 +148,14 @@ def _plan(board: Board, converted: list[Converted], board_dir: Path,
 
 def judge_differences(board: dict[str, dict[str, JudgeIdentity]],
                       entry: dict[str, dict[str, JudgeIdentity]]) -> list[str]:
-    """One line per (task, metric) that both judged, with different judges (model, id, version, template, mode)."""
+    """One line per (task, metric) that both judged, with different judges (model, id, version, template, mode,
+    aggregation)."""
     lines = []
     for task, metrics in entry.items():
         for metric, identity in metrics.items():
             reference = board.get(task, {}).get(metric)
             if reference is not None and reference != identity:
-                changed = [key for key in JUDGE_IDENTITY if getattr(reference, key) != getattr(identity, key)]
+                changed = [key for key in JUDGE_COMPARED if getattr(reference, key) != getattr(identity, key)]
                 lines.append(f"{task}/{metric}: " + ", ".join(
                     f"{key} {getattr(identity, key)} (board: {getattr(reference, key)})" for key in changed))
     return lines

@@ -37,6 +37,7 @@ from embench.leaderboard.schema import (
     JudgeIdentity,
     LLMScoring,
     MetricConfig,
+    ModelDetails,
     ModelInfo,
     ModelRef,
     ScoreDetails,
@@ -72,8 +73,9 @@ class Tags:
     organization: str = "unknown"
 
 
-def convert(source: Path, tags: Tags, registry: JudgeRegistry | None = None) -> Converted:
-    """A score directory (or its ``results.json``) or an lm-eval results file, as a checked entry."""
+def convert(source: Path, tags: Tags, registry: JudgeRegistry | None = None, allow_limit: bool = False) -> Converted:
+    """A score directory (or its ``results.json``) or an lm-eval results file, as a checked entry. An lm-eval run
+    on part of each task (``--limit``) is refused unless ``allow_limit``, and its entry then records the limit."""
     source = Path(source)
     file = source / RESULTS_FILE if source.is_dir() else source
     if not file.is_file():
@@ -85,7 +87,7 @@ def convert(source: Path, tags: Tags, registry: JudgeRegistry | None = None) -> 
         if isinstance(data.get("suite"), dict):
             return _from_score(file, ScoreResults.parse(data, file), tags, registry or JudgeRegistry.default())
         if isinstance(data.get("configs"), dict) and isinstance(data.get("config"), dict):
-            return _from_lm_eval(file, data, tags)
+            return _from_lm_eval(file, data, tags, allow_limit)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a file edited into another shape
         raise EmbenchError(f"{file}: not a well-formed results file ({type(exc).__name__}: {exc}): publish the file "
                            "as `embench score` or lm-eval wrote it") from None
@@ -108,7 +110,8 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
     _check_provenance(file, results)
     config, suite, configs = results.config, results.suite, results.configs
     try:
-        identities = {task: {metric: JudgeIdentity(**{key: judge[key] for key in JUDGE_IDENTITY})
+        identities = {task: {metric: JudgeIdentity(**{key: judge[key] for key in JUDGE_IDENTITY},
+                                                   aggregation=judge.get("aggregation") or "embench")
                              for metric, judge in task_judges.items()}
                       for task, task_judges in results.judges.items() if task_judges}
     except (KeyError, TypeError) as exc:
@@ -167,10 +170,13 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
             name=config.model_name, id=model_id, inference_platform="local",
             inference_engine=InferenceEngine(name=str(engine.get("name")), version=str(engine.get("version")))
             if engine else None,
-            additional_details=_strings({
-                "base_sha256": config.model_sha, "adapter_sha256": config.adapter_sha,
-                "dtype": config.dtype, "seed": config.seed,
-                "chat_template_sha256": config.chat_template_sha256})),
+            additional_details=ModelDetails(
+                # weights embench hashed were served by embench itself, or by the endpoint the openai engine reached
+                deployment_type="externally_managed" if engine.get("name") == "openai" else "self_deployed",
+                model_availability="open_weights",  # _check_provenance: the weights were hashed here
+                **_strings({"base_sha256": config.model_sha, "adapter_sha256": config.adapter_sha,
+                            "dtype": config.dtype, "seed": config.seed,
+                            "chat_template_sha256": config.chat_template_sha256}))),
         evaluation_results=[row for row in rows if row is not None],
         detailed_evaluation_results=DetailedResults(
             format="jsonl", file_path=samples_path(evaluation_id), hash_algorithm="sha256", checksum=recorded,
@@ -187,7 +193,7 @@ def _generation_config(run: dict) -> GenerationConfig | None:
     return GenerationConfig(
         generation_args=GenerationArgs(temperature=sampling.get("temperature"), top_p=sampling.get("top_p"),
                                        max_tokens=sampling["max_tokens"]),
-        additional_details=_strings({"seed": sampling.get("seed"),
+        additional_details=_strings({"seed": sampling.get("seed"), "min_tokens": sampling.get("min_tokens"),
                                      "samples_per_question": run.get("samples_per_question")}))
 
 
@@ -224,7 +230,7 @@ def _score_block(results: ScoreResults, identities: dict, tags: Tags, results_sh
 # --- lm-eval -------------------------------------------------------------------------------------
 
 
-def _from_lm_eval(file: Path, data: dict, tags: Tags) -> Converted:
+def _from_lm_eval(file: Path, data: dict, tags: Tags, allow_limit: bool) -> Converted:
     """lm-eval's results file: every metric in [0, 1] of every task (groups are left out: their subtasks are
     listed), with lm-eval's standard error; benign accuracy pools ``exact_match,first-integer`` (the OpSwap
     metric) over the tasks that report it. The model folder named in ``model_args`` is hashed here."""
@@ -242,6 +248,12 @@ def _from_lm_eval(file: Path, data: dict, tags: Tags) -> Converted:
     if missing or not tasks:
         raise EmbenchError(f"{file}: missing provenance: no task config for {missing[0] if missing else 'any task'}: "
                            "publish the results file lm-eval wrote (it records each task's config)")
+    limit = config.get("limit")  # lm-eval writes a count as a float (3.0); below 1 it is a fraction of each task
+    if isinstance(limit, float) and limit.is_integer():
+        limit = int(limit)
+    if limit is not None and not allow_limit:
+        raise EmbenchError(f"{file}: lm-eval ran with --limit {limit}, on part of each task: its numbers are not the "
+                           "task's; run lm-eval without --limit, or pass --allow-limit to publish it marked as limited")
     timestamp = str(data.get("date") or "")
     rows, benign = [], []
     for task in tasks:
@@ -272,7 +284,7 @@ def _from_lm_eval(file: Path, data: dict, tags: Tags) -> Converted:
         defense=tags.defense or training.defense, training_data=tags.training_data or training.training_data,
         model=ModelRef(name=model.name, base_sha256=model.base_sha256, adapter_sha256=model.adapter_sha256),
         suite=None, task_sha256={task: _task_hash(data, task) for task in tasks}, judges={},
-        results_sha256=sha256_file(file))
+        results_sha256=sha256_file(file), sample_limit=limit)
     entry = Entry(
         schema_version=SCHEMA_VERSION,
         evaluation_id=f"lm-eval/{model_id}/{sha256_json([block.results_sha256, model.identity])[:16]}",
@@ -280,10 +292,12 @@ def _from_lm_eval(file: Path, data: dict, tags: Tags) -> Converted:
         source_metadata=SourceMetadata(source_name="lm-eval", source_type="evaluation_run",
                                        source_organization_name=tags.organization, evaluator_relationship="other"),
         eval_library=EvalLibrary(name="lm-eval", version=str(data.get("lm_eval_version") or "unknown"),
-                                 additional_details=_strings({"git_hash": data.get("git_hash")})),
+                                 additional_details=_strings({"git_hash": data.get("git_hash"), "limit": limit})),
         model_info=ModelInfo(name=model.name, id=model_id, inference_platform=f"lm-eval {config.get('model')}",
-                             additional_details=_strings({"base_sha256": model.base_sha256,
-                                                          "adapter_sha256": model.adapter_sha256})),
+                             additional_details=ModelDetails(
+                                 deployment_type="self_deployed", model_availability="open_weights",
+                                 **_strings({"base_sha256": model.base_sha256,
+                                             "adapter_sha256": model.adapter_sha256}))),
         evaluation_results=rows, embench=block)
     return Converted(entry=entry, source=file, samples=None)
 
@@ -334,7 +348,13 @@ def _estimate_result(name: str, source: SourceData, estimate: Estimate | None, t
 
 
 def _judge_config(identity: JudgeIdentity) -> JudgeConfig:
-    return JudgeConfig(model_info=ModelInfo(name=identity.judge_model, id=identity.judge_model),
+    # A trained or teacher-forced judge ran on weights embench loaded; logprob and sampled judges may have been a
+    # local engine or an endpoint, which the identity does not say.
+    local = identity.mode in ("trained", "exact")
+    details = ModelDetails(deployment_type="self_deployed" if local else "unknown",
+                           model_availability="open_weights" if local else "unknown")
+    return JudgeConfig(model_info=ModelInfo(name=identity.judge_model, id=identity.judge_model,
+                                            additional_details=details),
                        additional_details=_strings(identity.model_dump(exclude={"judge_model"})))
 
 

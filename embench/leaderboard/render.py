@@ -15,7 +15,7 @@ import embench
 from embench.errors import EmbenchError
 from embench.files import now, write_text_atomic
 from embench.layout import BOARD_FILE, PAGE_FILE
-from embench.leaderboard.board import load_board, load_entries, validate_board
+from embench.leaderboard.board import check_page, check_pages, load_board, load_entries, validate_board
 from embench.leaderboard.schema import Board, BoardEntry
 from embench.metrics import Estimate, format_estimate
 
@@ -49,21 +49,11 @@ def render(path: Path) -> list[Path]:
     return [render_board(folder)[0] for folder in folders] + [render_index(path)]
 
 
-_PAGE_MARK = "<footer>Written by embench "  # in both templates: a page embench may replace
-
-
-def _check_page(path: Path) -> None:
-    """A page replaces only a page embench wrote: never a user's own ``index.html`` beside the boards."""
-    if path.exists() and (not path.is_file() or _PAGE_MARK not in path.read_text(encoding="utf-8", errors="replace")):
-        raise EmbenchError(f"{path} exists and was not written by embench: move it, or publish the boards elsewhere")
-
-
 def render_board(board_dir: Path) -> list[Path]:
     """Validate the board, write its ``index.html`` and the boards list beside it; returns both paths."""
     board_dir = Path(board_dir)
     board = validate_board(board_dir)
-    for page_path in (board_dir / PAGE_FILE, board_dir.parent / PAGE_FILE):
-        _check_page(page_path)
+    check_pages(board_dir)
     entries = {entry.evaluation_id: entry for entry in load_entries(board_dir, board)}
     page = _environment().get_template("board.html.j2").render(
         board=board, entries=entries, plot=trade_off_plot(board.entries), generated=now(),
@@ -76,7 +66,7 @@ def render_index(root: Path) -> Path:
     """``index.html`` in the folder of boards, listing each board with its suite, size and leader."""
     boards: list[tuple[str, Board]] = [(folder.name, load_board(folder)) for folder in sorted(Path(root).iterdir())
                                        if (folder / BOARD_FILE).is_file()]
-    _check_page(Path(root) / PAGE_FILE)
+    check_page(Path(root) / PAGE_FILE)
     page = _environment().get_template("index.html.j2").render(boards=boards, generated=now(),
                                                                version=embench.__version__)
     write_text_atomic(Path(root) / PAGE_FILE, page)

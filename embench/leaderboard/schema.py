@@ -61,12 +61,23 @@ class InferenceEngine(Strict):
     version: str
 
 
+class ModelDetails(BaseModel):
+    """A model's ``additional_details``: the two keys the published schema requires (every entry embench writes has
+    them; entries published before they existed read as "unknown"), then strings."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, str] = Field(init=False)
+
+    deployment_type: Literal["self_deployed", "externally_managed", "unknown"] = "unknown"
+    model_availability: Literal["open_weights", "closed_weights", "unknown"] = "unknown"
+
+
 class ModelInfo(Strict):
     name: str
     id: str
     inference_platform: str | SkipJsonSchema[None] = None
     inference_engine: InferenceEngine | SkipJsonSchema[None] = None
-    additional_details: Details = {}
+    additional_details: ModelDetails = ModelDetails()
 
 
 class SourceData(Strict):
@@ -163,6 +174,7 @@ class JudgeIdentity(Strict):
     template_sha256: str
     judge_model: str
     mode: str
+    aggregation: Literal["published", "embench"] = "embench"
 
 
 class SuiteRef(Strict):
@@ -193,6 +205,8 @@ class EmbenchBlock(Strict):
     task_sha256: dict[str, str] = Field(description="content hash of every task (embench) or task config (lm-eval)")
     judges: dict[str, dict[str, JudgeIdentity]] = Field(description="task -> metric -> judge")
     results_sha256: str = Field(description="sha256 of the results file this entry was made from")
+    sample_limit: float | None = Field(None, description="lm-eval's --limit where the run evaluated only part of "
+                                                         "each task (published only with --allow-limit)")
 
 
 class Entry(Strict):
