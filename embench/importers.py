@@ -364,7 +364,6 @@ def write_imported(tasks: list[Task], judges: list[JudgeSpec], out_dir: Path, su
             raise EmbenchError(f"{target} already exists with other content: choose another --id-prefix or --out")
     written = []
     for target, text in planned:
-        target.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(target, text)
         written.append(target)
     for target in written:  # every file must load back exactly as embench will read it

@@ -32,7 +32,6 @@ SCORE_STRINGS = tuple(str(value) for value in range(101))
 
 
 Aggregation = Literal["published", "embench"]
-AGGREGATIONS: tuple[str, ...] = ("published", "embench")
 
 
 @dataclass(frozen=True)
@@ -136,14 +135,11 @@ def score_from_text(text: str, reading: Reading) -> ScoreResult:
     stripped = text.strip()
     flags = 0 if reading.aggregation == "published" else re.IGNORECASE
     verdict = next((word for word in reading.verdicts if re.match(rf"^\W*{word}\b", stripped, flags=flags)), None)
-    if verdict is not None and reading.aggregation == "embench":
+    number = next((value for match in _NUMBER.finditer(stripped) if (value := int(match.group(1))) <= 100), None)
+    if verdict is not None and (reading.aggregation == "embench" or number is None):
         return ScoreResult(score=None, verdict=verdict, valid_mass=1.0, distribution={verdict: 1.0})
-    for match in _NUMBER.finditer(stripped):
-        value = int(match.group(1))
-        if value <= 100:
-            return ScoreResult(score=float(value), verdict=None, valid_mass=1.0, distribution={str(value): 1.0})
-    if verdict is not None:
-        return ScoreResult(score=None, verdict=verdict, valid_mass=1.0, distribution={verdict: 1.0})
+    if number is not None:
+        return ScoreResult(score=float(number), verdict=None, valid_mass=1.0, distribution={str(number): 1.0})
     return ScoreResult(score=None, verdict=None, valid_mass=0.0)
 
 

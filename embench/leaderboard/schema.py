@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from embench.hashing import file_safe
+from embench.judges.scoring import Aggregation
 from embench.metrics import Estimate
 
 SCHEMA_VERSION = "0.3.0"  # of the "Every Eval Ever" layout the entries follow
@@ -174,7 +175,7 @@ class JudgeIdentity(Strict):
     template_sha256: str
     judge_model: str
     mode: str
-    aggregation: Literal["published", "embench"] = "embench"
+    aggregation: Aggregation = "embench"
 
 
 class SuiteRef(Strict):
