@@ -23,10 +23,13 @@ from embench.judges import JudgeRegistry
 from embench.judges.spec import JUDGE_IDENTITY
 from embench.layout import RESULTS_FILE, SAMPLES_FILE, TRAIN_FILE
 from embench.leaderboard.schema import (
+    EMBENCH_RECORD_VERSION,
     SCHEMA_VERSION,
+    UNKNOWN_DEVELOPER,
     ConfidenceInterval,
     DetailedResults,
     EmbenchBlock,
+    EmbenchRecord,
     Entry,
     EvalLibrary,
     EvaluationResult,
@@ -46,6 +49,7 @@ from embench.leaderboard.schema import (
     StandardError,
     SuiteRef,
     Uncertainty,
+    embench_path,
     samples_path,
 )
 from embench.metrics import BOOTSTRAP_RESAMPLES, Estimate, pool_estimates
@@ -56,9 +60,11 @@ from embench.tasks import RateRule
 
 @dataclass
 class Converted:
-    """An entry, where it came from, and the per-sample rows to copy into the board (None for lm-eval)."""
+    """An entry, its embench record, where it came from, and the per-sample rows to copy into the board (None for
+    lm-eval)."""
 
     entry: Entry
+    record: EmbenchRecord
     source: Path
     samples: Path | None
 
@@ -165,7 +171,8 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
         source_metadata=SourceMetadata(source_name="embench score", source_type="evaluation_run",
                                        source_organization_name=tags.organization, evaluator_relationship="other"),
         eval_library=EvalLibrary(name="embench", version=str(results.embench_version),
-                                 additional_details=_strings({"git_sha": results.embench_git_sha})),
+                                 additional_details=_strings({"git_sha": results.embench_git_sha,
+                                                              "embench_record": embench_path(evaluation_id)})),
         model_info=ModelInfo(
             name=config.model_name, id=model_id, inference_platform="local",
             inference_engine=InferenceEngine(name=str(engine.get("name")), version=str(engine.get("version")))
@@ -179,11 +186,11 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
                             "chat_template_sha256": config.chat_template_sha256}))),
         evaluation_results=[row for row in rows if row is not None],
         detailed_evaluation_results=DetailedResults(
-            format="jsonl", file_path=samples_path(evaluation_id), hash_algorithm="sha256", checksum=recorded,
-            total_rows=_count_lines(samples)),
-        embench=block,
+            format="jsonl", file_path=samples_path(evaluation_id, suite.id, UNKNOWN_DEVELOPER, config.model_name),
+            hash_algorithm="sha256", checksum=recorded, total_rows=_count_lines(samples)),
     )
-    return Converted(entry=entry, source=file.parent, samples=samples)
+    record = EmbenchRecord(schema_version=EMBENCH_RECORD_VERSION, evaluation_id=evaluation_id, embench=block)
+    return Converted(entry=entry, record=record, source=file.parent, samples=samples)
 
 
 def _generation_config(run: dict) -> GenerationConfig | None:
@@ -285,21 +292,23 @@ def _from_lm_eval(file: Path, data: dict, tags: Tags, allow_limit: bool) -> Conv
         model=ModelRef(name=model.name, base_sha256=model.base_sha256, adapter_sha256=model.adapter_sha256),
         suite=None, task_sha256={task: _task_hash(data, task) for task in tasks}, judges={},
         results_sha256=sha256_file(file), sample_limit=limit)
+    evaluation_id = f"lm-eval/{model_id}/{sha256_json([block.results_sha256, model.identity])[:16]}"
     entry = Entry(
-        schema_version=SCHEMA_VERSION,
-        evaluation_id=f"lm-eval/{model_id}/{sha256_json([block.results_sha256, model.identity])[:16]}",
+        schema_version=SCHEMA_VERSION, evaluation_id=evaluation_id,
         retrieved_timestamp=str(int(time.time())), evaluation_timestamp=timestamp,
         source_metadata=SourceMetadata(source_name="lm-eval", source_type="evaluation_run",
                                        source_organization_name=tags.organization, evaluator_relationship="other"),
         eval_library=EvalLibrary(name="lm-eval", version=str(data.get("lm_eval_version") or "unknown"),
-                                 additional_details=_strings({"git_hash": data.get("git_hash"), "limit": limit})),
+                                 additional_details=_strings({"git_hash": data.get("git_hash"), "limit": limit,
+                                                              "embench_record": embench_path(evaluation_id)})),
         model_info=ModelInfo(name=model.name, id=model_id, inference_platform=f"lm-eval {config.get('model')}",
                              additional_details=ModelDetails(
                                  deployment_type="self_deployed", model_availability="open_weights",
                                  **_strings({"base_sha256": model.base_sha256,
                                              "adapter_sha256": model.adapter_sha256}))),
-        evaluation_results=rows, embench=block)
-    return Converted(entry=entry, source=file, samples=None)
+        evaluation_results=rows)
+    record = EmbenchRecord(schema_version=EMBENCH_RECORD_VERSION, evaluation_id=evaluation_id, embench=block)
+    return Converted(entry=entry, record=record, source=file, samples=None)
 
 
 def _model_args(value) -> dict:
