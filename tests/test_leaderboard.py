@@ -171,6 +171,47 @@ def test_committed_json_schema_is_the_models_schema():
         Draft202012Validator.check_schema(schema)
 
 
+def _resolved(schema: dict, root: dict) -> dict:
+    """``schema`` with its ``$ref`` followed and an optional (``X or null``) union read as ``X``."""
+    while True:
+        if "$ref" in schema:
+            rest = {key: value for key, value in schema.items() if key != "$ref"}
+            schema = {**root["$defs"][schema["$ref"].rsplit("/", 1)[1]], **rest}
+            continue
+        union = next((key for key in ("anyOf", "oneOf") if key in schema), None)
+        options = [option for option in schema.get(union, []) if option.get("type") != "null"]
+        if union is None or len(options) != 1:
+            return schema
+        schema = {**{key: value for key, value in schema.items() if key != union}, **options[0]}
+
+
+def test_entry_schema_is_within_the_published_schema():
+    """What embench's entry schema accepts, the published one accepts too, as far as shapes go: at every depth each
+    field embench allows is one EEE allows, each field EEE requires embench requires, and each closed set of values
+    embench allows is within EEE's."""
+    ours, eee = json_schemas()["entry.schema.json"], json.loads((EEE / "eval.schema.json").read_text())
+    problems = []
+
+    def walk(a: dict, b: dict, path: str) -> None:
+        a, b = _resolved(a, ours), _resolved(b, eee)
+        if "enum" in b and not set(a.get("enum", [a.get("const")])) <= set(b["enum"]):
+            problems.append(f"{path}: values {a.get('enum', a.get('const'))} beyond EEE's {b['enum']}")
+        fields, published = a.get("properties", {}), b.get("properties", {})
+        if b.get("additionalProperties") is False:
+            problems.extend(f"{path}.{key}: not an EEE field" for key in sorted(set(fields) - set(published)))
+            if fields and a.get("additionalProperties", True) is not False:
+                problems.append(f"{path}: embench allows other fields, EEE does not")
+        problems.extend(f"{path}.{key}: EEE requires it"
+                        for key in sorted(set(b.get("required", [])) - set(a.get("required", []))))
+        for key in sorted(set(fields) & set(published)):
+            walk(fields[key], published[key], f"{path}.{key}")
+        if "items" in a and "items" in b:
+            walk(a["items"], b["items"], f"{path}[]")
+
+    walk(ours, eee, "$")
+    assert problems == []
+
+
 def test_publish_two_real_results(board, runs, default_model):
     board_file = json.loads((board / "leaderboard.json").read_text())
     assert schema_errors("leaderboard.schema.json", board_file) == []

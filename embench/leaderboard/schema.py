@@ -78,14 +78,13 @@ class InferenceEngine(Strict):
 
 
 class ModelDetails(BaseModel):
-    """A model's ``additional_details``: the two keys the published schema requires (every entry embench writes has
-    them; entries published before they existed read as "unknown"), then strings."""
+    """A model's ``additional_details``: the two keys the published schema requires, then strings."""
 
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, str] = Field(init=False)
 
-    deployment_type: Literal["self_deployed", "externally_managed", "unknown"] = "unknown"
-    model_availability: Literal["open_weights", "closed_weights", "unknown"] = "unknown"
+    deployment_type: Literal["self_deployed", "externally_managed", "unknown"]
+    model_availability: Literal["open_weights", "closed_weights", "unknown"]
 
 
 class ModelInfo(Strict):
@@ -93,7 +92,7 @@ class ModelInfo(Strict):
     id: str
     inference_platform: str | SkipJsonSchema[None] = None
     inference_engine: InferenceEngine | SkipJsonSchema[None] = None
-    additional_details: ModelDetails = ModelDetails()
+    additional_details: ModelDetails
 
 
 class SourceData(Strict):
