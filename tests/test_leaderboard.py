@@ -410,6 +410,26 @@ def test_mixed_judges_allowed_and_shown(board, runs, tmp_path):
     assert run_embench("leaderboard", "validate", str(board)).returncode == 0
 
 
+def test_a_null_metric_is_kept_with_its_exclusions(runs, tmp_path):
+    """EEE needs a number for every result, so a metric with no value stays out of the record and is listed, with
+    what it excluded, in the embench record."""
+    judged_nothing = tmp_path / "judged-nothing"
+    shutil.copytree(runs["lora"], judged_nothing)
+    results = json.loads((judged_nothing / "results.json").read_text())
+    n = results["results"]["lb-ood"]["misaligned"]["n"]
+    null = {"value": None, "lower": None, "upper": None, "n": 0, "method": "wilson", "excluded": {"null_score": n}}
+    results["results"]["lb-ood"]["misaligned"] = null
+    (judged_nothing / "results.json").write_text(json.dumps(results))
+    board = tmp_path / "board"
+    assert run_embench("leaderboard", "publish", str(judged_nothing), "--board", str(board)).returncode == 0
+    (row,) = json.loads((board / "leaderboard.json").read_text())["entries"]
+    entry = json.loads((board / row["file"]).read_text())
+    assert record_of(board, row)["null_metrics"] == {"lb-ood/misaligned": null}
+    assert "lb-ood/misaligned" not in {result["evaluation_name"] for result in entry["evaluation_results"]}
+    assert "lb-ood/incoherent" in {result["evaluation_name"] for result in entry["evaluation_results"]}
+    assert eee_errors(entry) == []
+
+
 def test_training_tags_from_train_json_or_flags(runs, tmp_path):
     """A plain {defense, data} train.json is read too; a data path is kept by its file name; flags win."""
     checkpoint = tmp_path / "checkpoint"
@@ -432,7 +452,8 @@ def test_validate_catches_edited_files(board, tmp_path):
     board_file = json.loads((board / "leaderboard.json").read_text())
     record_file = board / board_file["entries"][0]["embench_file"]
     record = json.loads(record_file.read_text())
-    record["embench"]["em_rate"]["value"] = 0.0
+    rate = record["embench"]["em_rate"]
+    rate["value"] = 0.25 if rate["value"] == 0.5 else 0.5  # another value, within its interval's range
     record_file.write_text(json.dumps(record, indent=2))
     assert_one_line_error(run_embench("leaderboard", "validate", str(board)), "does not match the sha256",
                           "edited after publishing")

@@ -126,6 +126,7 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
     timestamp = results.date or ""
     prompts = _JudgePrompts(registry)
     rows: list[EvaluationResult | None] = []
+    null_metrics: dict[str, Estimate] = {}
     for task, metrics in results.results.items():
         task_config = configs[task]
         source = SourceData(source_type="other", dataset_name=task, additional_details={
@@ -138,13 +139,17 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
             rule = (task_config.rates or {}).get(name)
             used = [condition["metric"] for condition in rule["all"]] if rule else [name.removesuffix("_mean")]
             description = RateRule.model_validate(rule).describe() if rule else f"mean {used[0]} judge score (0-100, higher is better)"
-            rows.append(_estimate_result(f"{task}/{name}", source, Estimate(**value), timestamp, description,
+            estimate = Estimate(**value)
+            if estimate.value is None:
+                null_metrics[f"{task}/{name}"] = estimate
+            rows.append(_estimate_result(f"{task}/{name}", source, estimate, timestamp, description,
                                          rule is not None, [identities.get(task, {}).get(m) for m in used],
                                          prompts, generation))
         if "accuracy" in metrics and "n" in metrics:  # a benign task, run through lm-eval
             rows.append(_estimate_result(f"{task}/accuracy", source, pool_estimates([metrics]), timestamp,
                                          f"lm-eval {BENIGN_METRIC} accuracy", False, [], prompts, None))
-    block = _score_block(results, identities, tags, sha256_file(file))
+    block = _score_block(results, identities, tags, sha256_file(file)).model_copy(
+        update={"null_metrics": null_metrics})
     suite_source = SourceData(source_type="other", dataset_name=suite.id, additional_details={
         "suite_version": str(suite.version), "suite_sha256": suite.sha256})
 
@@ -334,7 +339,7 @@ def _estimate_result(name: str, source: SourceData, estimate: Estimate | None, t
                      lower_is_better: bool, identities: list[JudgeIdentity | None], prompts: "_JudgePrompts",
                      generation: GenerationConfig | None) -> EvaluationResult | None:
     """One row of ``evaluation_results``; None for a null estimate (the public schema needs a number: the null
-    stays visible, with its exclusions, in the ``embench`` block and the task's results)."""
+    stays visible, with its exclusions, in the embench record's ``null_metrics`` and the task's results)."""
     if estimate is None or estimate.value is None:
         return None
     rate = estimate.method == "wilson"

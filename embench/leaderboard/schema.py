@@ -222,6 +222,9 @@ class EmbenchBlock(Strict):
     results_sha256: str = Field(description="sha256 of the results file this entry was made from")
     sample_limit: float | None = Field(None, description="lm-eval's --limit where the run evaluated only part of "
                                                          "each task (published only with --allow-limit)")
+    null_metrics: dict[str, Estimate] = Field(
+        default_factory=dict, description="task/metric -> every metric with no value, with what it excluded: the EEE "
+                                          "record needs a number, so it leaves them out")
 
 
 class Entry(Strict):
