@@ -126,6 +126,19 @@ def copy_board(board: Path, tmp_path: Path) -> Path:
 EEE = REPO.parent / "shared" / "reference" / "every-eval-ever"  # the published schemas, read in place
 
 
+def eee_errors(entry: dict) -> list[str]:
+    """Errors of an entry against the published Every Eval Ever v0.3.0 ``eval.schema.json``."""
+    schema = json.loads((EEE / "eval.schema.json").read_text())
+    return [f"{error.json_path}: {error.message}" for error in Draft202012Validator(schema).iter_errors(entry)]
+
+
+def record_of(board: Path, row: dict) -> dict:
+    """The embench figures of a board row's entry (its record beside the EEE file), checked against its schema."""
+    record = json.loads((board / row["embench_file"]).read_text())
+    assert schema_errors("embench.schema.json", record) == [] and record["evaluation_id"] == row["evaluation_id"]
+    return record["embench"]
+
+
 def eee_model_info_errors(model_info: dict) -> list[str]:
     """Errors of a ``model_info`` against the published Every Eval Ever v0.3.0 definition."""
     schema = json.loads((EEE / "eval.schema.json").read_text())
@@ -158,6 +171,47 @@ def test_committed_json_schema_is_the_models_schema():
         Draft202012Validator.check_schema(schema)
 
 
+def _resolved(schema: dict, root: dict) -> dict:
+    """``schema`` with its ``$ref`` followed and an optional (``X or null``) union read as ``X``."""
+    while True:
+        if "$ref" in schema:
+            rest = {key: value for key, value in schema.items() if key != "$ref"}
+            schema = {**root["$defs"][schema["$ref"].rsplit("/", 1)[1]], **rest}
+            continue
+        union = next((key for key in ("anyOf", "oneOf") if key in schema), None)
+        options = [option for option in schema.get(union, []) if option.get("type") != "null"]
+        if union is None or len(options) != 1:
+            return schema
+        schema = {**{key: value for key, value in schema.items() if key != union}, **options[0]}
+
+
+def test_entry_schema_is_within_the_published_schema():
+    """What embench's entry schema accepts, the published one accepts too, as far as shapes go: at every depth each
+    field embench allows is one EEE allows, each field EEE requires embench requires, and each closed set of values
+    embench allows is within EEE's."""
+    ours, eee = json_schemas()["entry.schema.json"], json.loads((EEE / "eval.schema.json").read_text())
+    problems = []
+
+    def walk(a: dict, b: dict, path: str) -> None:
+        a, b = _resolved(a, ours), _resolved(b, eee)
+        if "enum" in b and not set(a.get("enum", [a.get("const")])) <= set(b["enum"]):
+            problems.append(f"{path}: values {a.get('enum', a.get('const'))} beyond EEE's {b['enum']}")
+        fields, published = a.get("properties", {}), b.get("properties", {})
+        if b.get("additionalProperties") is False:
+            problems.extend(f"{path}.{key}: not an EEE field" for key in sorted(set(fields) - set(published)))
+            if fields and a.get("additionalProperties", True) is not False:
+                problems.append(f"{path}: embench allows other fields, EEE does not")
+        problems.extend(f"{path}.{key}: EEE requires it"
+                        for key in sorted(set(b.get("required", [])) - set(a.get("required", []))))
+        for key in sorted(set(fields) & set(published)):
+            walk(fields[key], published[key], f"{path}.{key}")
+        if "items" in a and "items" in b:
+            walk(a["items"], b["items"], f"{path}[]")
+
+    walk(ours, eee, "$")
+    assert problems == []
+
+
 def test_publish_two_real_results(board, runs, default_model):
     board_file = json.loads((board / "leaderboard.json").read_text())
     assert schema_errors("leaderboard.schema.json", board_file) == []
@@ -172,12 +226,14 @@ def test_publish_two_real_results(board, runs, default_model):
         row = next(row for row in board_file["entries"] if row["model"] == results["config"]["model_name"])
         entry = json.loads((board / row["file"]).read_text())
         assert schema_errors("entry.schema.json", entry) == []
+        assert eee_errors(entry) == [], "an entry is an Every Eval Ever record as published"
         assert entry["schema_version"] == "0.3.0"
         assert {"evaluation_id", "retrieved_timestamp", "source_metadata", "eval_library", "model_info",
-                "evaluation_results", "detailed_evaluation_results", "embench"} <= set(entry)
+                "evaluation_results", "detailed_evaluation_results"} <= set(entry)
+        assert entry["eval_library"]["additional_details"]["embench_record"] == row["embench_file"]
 
         # The numbers, recomputed here from the per-sample rows, with their Wilson intervals.
-        block = entry["embench"]
+        block = record_of(board, row)
         for key, task, metric in (("em_rate", "lb-ood", "aligned"), ("in_domain_misaligned", "lb-narrow", "in_domain")):
             hits, usable = pooled([s for s in samples if s["task"] == task], metric)
             assert usable > 0, "the fault-server judge scores every answer"
@@ -227,9 +283,9 @@ def test_publish_two_real_results(board, runs, default_model):
         assert ood["generation_config"]["generation_args"]["max_tokens"] == 16
         assert results["results"]["lb-ood"]["misaligned"]["value"] == pytest.approx(ood["score_details"]["score"])
 
-    lora = next(json.loads((board / row["file"]).read_text()) for row in board_file["entries"]
-                if "adapter" in row["model"])
-    assert (lora["embench"]["defense"], lora["embench"]["training_data"]) == ("kl", "generated:insecure-code"), \
+    lora_row = next(row for row in board_file["entries"] if "adapter" in row["model"])
+    lora = record_of(board, lora_row)
+    assert (lora["defense"], lora["training_data"]) == ("kl", "generated:insecure-code"), \
         "tags come from the checkpoint's train.json"
     base = next(row for row in board_file["entries"] if "adapter" not in row["model"])
     assert base["defense"] is None and base["training_data"] is None
@@ -241,7 +297,7 @@ def test_publish_two_real_results(board, runs, default_model):
     lines = shown.stdout.splitlines()
     lora_line = next(i for i, line in enumerate(lines) if "adapter-kl" in line)
     base_line = next(i for i, line in enumerate(lines) if "SmolLM2" in line and "adapter" not in line)
-    lora_first = board_file["entries"][0]["model"] == lora["model_info"]["name"]
+    lora_first = board_file["entries"][0]["model"] == lora_row["model"]
     assert (lora_line < base_line) == lora_first, "show lists the entries in rank order"
     page = (board / "index.html").read_text()
     assert all(row["evaluation_id"] in page for row in board_file["entries"]) and "<svg" in page
@@ -354,6 +410,26 @@ def test_mixed_judges_allowed_and_shown(board, runs, tmp_path):
     assert run_embench("leaderboard", "validate", str(board)).returncode == 0
 
 
+def test_a_null_metric_is_kept_with_its_exclusions(runs, tmp_path):
+    """EEE needs a number for every result, so a metric with no value stays out of the record and is listed, with
+    what it excluded, in the embench record."""
+    judged_nothing = tmp_path / "judged-nothing"
+    shutil.copytree(runs["lora"], judged_nothing)
+    results = json.loads((judged_nothing / "results.json").read_text())
+    n = results["results"]["lb-ood"]["misaligned"]["n"]
+    null = {"value": None, "lower": None, "upper": None, "n": 0, "method": "wilson", "excluded": {"null_score": n}}
+    results["results"]["lb-ood"]["misaligned"] = null
+    (judged_nothing / "results.json").write_text(json.dumps(results))
+    board = tmp_path / "board"
+    assert run_embench("leaderboard", "publish", str(judged_nothing), "--board", str(board)).returncode == 0
+    (row,) = json.loads((board / "leaderboard.json").read_text())["entries"]
+    entry = json.loads((board / row["file"]).read_text())
+    assert record_of(board, row)["null_metrics"] == {"lb-ood/misaligned": null}
+    assert "lb-ood/misaligned" not in {result["evaluation_name"] for result in entry["evaluation_results"]}
+    assert "lb-ood/incoherent" in {result["evaluation_name"] for result in entry["evaluation_results"]}
+    assert eee_errors(entry) == []
+
+
 def test_training_tags_from_train_json_or_flags(runs, tmp_path):
     """A plain {defense, data} train.json is read too; a data path is kept by its file name; flags win."""
     checkpoint = tmp_path / "checkpoint"
@@ -374,18 +450,27 @@ def test_training_tags_from_train_json_or_flags(runs, tmp_path):
 def test_validate_catches_edited_files(board, tmp_path):
     board = copy_board(board, tmp_path)
     board_file = json.loads((board / "leaderboard.json").read_text())
-    entry_file = board / board_file["entries"][0]["file"]
-    entry = json.loads(entry_file.read_text())
-    entry["embench"]["em_rate"]["value"] = 0.0
-    entry_file.write_text(json.dumps(entry, indent=2))
+    record_file = board / board_file["entries"][0]["embench_file"]
+    record = json.loads(record_file.read_text())
+    rate = record["embench"]["em_rate"]
+    rate["value"] = 0.25 if rate["value"] == 0.5 else 0.5  # another value, within its interval's range
+    record_file.write_text(json.dumps(record, indent=2))
     assert_one_line_error(run_embench("leaderboard", "validate", str(board)), "does not match the sha256",
                           "edited after publishing")
+    board_file["entries"][0]["embench_sha256"] = sha256_file(record_file)  # the board re-pinned: still refused
+    (board / "leaderboard.json").write_text(json.dumps(board_file))
+    assert_one_line_error(run_embench("leaderboard", "validate", str(board)), "disagrees with")
+    entry_file = board / board_file["entries"][0]["file"]
+    entry = json.loads(entry_file.read_text())
     entry_file.write_text(json.dumps({**entry, "evaluation_results": "none"}))
     board_file["entries"][0]["sha256"] = sha256_file(entry_file)
     (board / "leaderboard.json").write_text(json.dumps(board_file))
     assert_one_line_error(run_embench("leaderboard", "validate", str(board)), "field 'evaluation_results'")
     (board / "leaderboard.json").write_text("{}")
     assert_one_line_error(run_embench("leaderboard", "validate", str(board)), "leaderboard.json", "field")
+    (board / "leaderboard.json").write_text(json.dumps({**board_file, "schema_version": 1}))
+    assert_one_line_error(run_embench("leaderboard", "validate", str(board)), "a board of format 1",
+                          "publish its results again to a new board")
     assert_one_line_error(run_embench("leaderboard", "show", str(tmp_path / "nothing")), "is not a leaderboard")
 
 
@@ -410,15 +495,15 @@ def test_lm_eval_results_import(default_model, board, tmp_path):
     board_file = json.loads((board / "leaderboard.json").read_text())
     row = next(row for row in board_file["entries"] if row["source"] == "lm-eval")
     assert row["rank"] == 3 and row["em_rate"] is None, "no EM rate: ranked last"
-    entry = json.loads((board / row["file"]).read_text())
-    assert schema_errors("entry.schema.json", entry) == []
+    entry, block = json.loads((board / row["file"]).read_text()), record_of(board, row)
+    assert schema_errors("entry.schema.json", entry) == [] and eee_errors(entry) == []
     accuracy = lm_eval["results"]["opswap_tier1"]["exact_match,first-integer"]
-    assert entry["embench"]["benign_accuracy"]["value"] == pytest.approx(accuracy)
-    assert entry["embench"]["benign_accuracy"]["n"] == 3
-    assert entry["embench"]["model"]["base_sha256"] == default_model.base_sha256
-    assert entry["eval_library"]["name"] == "lm-eval" and entry["embench"]["defense"] == "none"
+    assert block["benign_accuracy"]["value"] == pytest.approx(accuracy)
+    assert block["benign_accuracy"]["n"] == 3
+    assert block["model"]["base_sha256"] == default_model.base_sha256
+    assert entry["eval_library"]["name"] == "lm-eval" and block["defense"] == "none"
     assert eee_model_info_errors(entry["model_info"]) == []
-    assert entry["embench"]["sample_limit"] == 3 and entry["eval_library"]["additional_details"]["limit"] == "3"
+    assert block["sample_limit"] == 3 and entry["eval_library"]["additional_details"]["limit"] == "3"
     stderr = lm_eval["results"]["opswap_tier1"]["exact_match_stderr,first-integer"]
     (scored,) = [result for result in entry["evaluation_results"]
                  if result["evaluation_name"] == "opswap_tier1/exact_match,first-integer"]

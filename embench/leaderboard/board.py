@@ -1,4 +1,5 @@
-"""A board folder: ``leaderboard.json``, ``entries/*.json`` and ``samples/*.jsonl``; publishing into it and checking it.
+"""A board folder: ``leaderboard.json``, ``entries/*.json`` (Every Eval Ever records, each with its
+``*.embench.json`` record) and ``data/.../*_samples.jsonl``; publishing into it and checking it.
 
 ``leaderboard.json`` is the commit point of a publish: entry and sample files are written first (each through a
 temporary file), the board file last, by one rename. A publish cut short leaves the board as it was (plus files
@@ -8,7 +9,6 @@ folder keeps two publishers from losing each other's entries.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +26,13 @@ from embench.layout import BOARD_FILE, PAGE_FILE
 from embench.leaderboard.convert import Converted, Tags, convert
 from embench.leaderboard.schema import (
     BOARD_SCHEMA_VERSION,
+    SAMPLES_ROOT,
     Board,
     BoardEntry,
+    EmbenchRecord,
     Entry,
     JudgeIdentity,
+    embench_path,
     entry_path,
     json_schemas,
 )
@@ -68,6 +71,7 @@ def publish(board_dir: Path, sources: list[Path], tags: Tags | None = None, *,
     converted = [convert(source, tags or Tags(), registry, allow_limit) for source in sources]
     for item in converted:
         _check(Entry, item.entry.to_json(), board_dir / entry_path(item.entry.evaluation_id))
+        _check(EmbenchRecord, item.record.to_json(), board_dir / embench_path(item.entry.evaluation_id))
     # Checked against the board as it is now (so bad input leaves no folder behind), then again under the lock.
     _plan(_current(board_dir), converted, board_dir, allow_mixed_judges)
     board_dir.mkdir(parents=True, exist_ok=True)
@@ -82,9 +86,10 @@ def publish(board_dir: Path, sources: list[Path], tags: Tags | None = None, *,
                 # The copy, not just the source, must hold the rows the results were computed from.
                 if sha256_file(board_dir / details.file_path) != details.checksum:
                     raise EmbenchError(f"{item.samples} changed while it was being copied: publish again")
-            write_atomic(board_dir / summary.file, lambda temporary, item=item: temporary.write_text(
-                json.dumps(item.entry.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"))
+            write_json_atomic(board_dir / summary.file, item.entry.to_json())
+            write_json_atomic(board_dir / summary.embench_file, item.record.to_json())
             summary.sha256 = sha256_file(board_dir / summary.file)
+            summary.embench_sha256 = sha256_file(board_dir / summary.embench_file)
         board.entries = ranked(board.entries + added)
         board.updated = now()
         _check(Board, board.model_dump(mode="json"), board_dir / BOARD_FILE)
@@ -119,7 +124,7 @@ def _plan(board: Board, converted: list[Converted], board_dir: Path,
             raise EmbenchError(f"{source}: evaluation {entry.evaluation_id} is {where}: each evaluation is published "
                                "once; nothing was changed")
         known[entry.evaluation_id] = ""
-        block = entry.embench
+        block = item.record.embench
         differences = []
         if block.suite is not None:
             if board.suite is None:
@@ -139,6 +144,7 @@ def _plan(board: Board, converted: list[Converted], board_dir: Path,
                     board.judges.setdefault(task, {}).setdefault(metric, identity)
         added.append(BoardEntry(
             rank=1, evaluation_id=entry.evaluation_id, file=entry_path(entry.evaluation_id), sha256="0" * 64,
+            embench_file=embench_path(entry.evaluation_id), embench_sha256="0" * 64,
             model=entry.model_info.name, source=block.source, defense=block.defense,
             training_data=block.training_data, em_rate=block.em_rate, incoherent=block.incoherent,
             in_domain_misaligned=block.in_domain_misaligned, benign_accuracy=block.benign_accuracy,
@@ -179,11 +185,21 @@ def load_board(board_dir: Path) -> Board:
     if not file.is_file():
         raise EmbenchError(f"{board_dir} is not a leaderboard (no {BOARD_FILE}): publish results into it first "
                            "with `embench leaderboard publish RESULTS... --board DIR`")
-    return _check(Board, _read_json(file), file)
+    data = _read_json(file)
+    if isinstance(data, dict) and data.get("schema_version") == 1:
+        raise EmbenchError(f"{file}: a board of format 1, whose entries are not plain Every Eval Ever records: "
+                           f"publish its results again to a new board (format {BOARD_SCHEMA_VERSION})")
+    return _check(Board, data, file)
 
 
 def load_entries(board_dir: Path, board: Board) -> list[Entry]:
     return [_check(Entry, _read_json(Path(board_dir) / row.file), Path(board_dir) / row.file) for row in board.entries]
+
+
+def load_records(board_dir: Path, board: Board) -> list[EmbenchRecord]:
+    """The embench record of every entry, in the board's order."""
+    return [_check(EmbenchRecord, _read_json(Path(board_dir) / row.embench_file), Path(board_dir) / row.embench_file)
+            for row in board.entries]
 
 
 def validate_board(board_dir: Path) -> Board:
@@ -197,30 +213,34 @@ def validate_board(board_dir: Path) -> Board:
         raise EmbenchError(f"{board_dir / BOARD_FILE}: entries are not ranked by EM rate: publish again to re-rank")
     listed = set()
     for row in board.entries:
-        file = board_dir / row.file
-        if not file.is_file():
-            raise EmbenchError(f"{file} is missing: it is listed in {BOARD_FILE} ({row.evaluation_id})")
-        if sha256_file(file) != row.sha256:
-            raise EmbenchError(f"{file} does not match the sha256 {BOARD_FILE} records for it: it was edited after "
-                               "publishing; restore it, or publish the results again to a new board")
+        file, record_file = board_dir / row.file, board_dir / row.embench_file
+        for path, sha256 in ((file, row.sha256), (record_file, row.embench_sha256)):
+            if not path.is_file():
+                raise EmbenchError(f"{path} is missing: it is listed in {BOARD_FILE} ({row.evaluation_id})")
+            if sha256_file(path) != sha256:
+                raise EmbenchError(f"{path} does not match the sha256 {BOARD_FILE} records for it: it was edited "
+                                   "after publishing; restore it, or publish the results again to a new board")
         entry = _check(Entry, _read_json(file), file)
-        expected = BoardEntry(**{**row.model_dump(), **entry.embench.model_dump(include={
+        record = _check(EmbenchRecord, _read_json(record_file), record_file)
+        block = record.embench
+        expected = BoardEntry(**{**row.model_dump(), **block.model_dump(include={
             "source", "defense", "training_data", "em_rate", "incoherent", "in_domain_misaligned", "benign_accuracy"}),
             "evaluation_id": entry.evaluation_id, "model": entry.model_info.name})
-        if expected != row:
-            raise EmbenchError(f"{board_dir / BOARD_FILE}: its row for {row.evaluation_id} disagrees with {file}")
-        if entry.embench.suite is not None and entry.embench.suite != board.suite:
-            raise EmbenchError(f"{file}: scored on suite {entry.embench.suite.id} v{entry.embench.suite.version}, "
+        if expected != row or record.evaluation_id != entry.evaluation_id:
+            raise EmbenchError(f"{board_dir / BOARD_FILE}: its row for {row.evaluation_id} disagrees with {file} or "
+                               f"{record_file}")
+        if block.suite is not None and block.suite != board.suite:
+            raise EmbenchError(f"{record_file}: scored on suite {block.suite.id} v{block.suite.version}, "
                                f"not the board's")
-        listed.add(file.resolve())
+        listed.update((file.resolve(), record_file.resolve()))
         details = entry.detailed_evaluation_results
         if details is not None:
             samples = board_dir / details.file_path
             if not samples.is_file() or sha256_file(samples) != details.checksum:
                 raise EmbenchError(f"{samples} is missing or does not match the checksum in {file}: restore it")
             listed.add(samples.resolve())
-    strays = sorted(path for folder in ("entries", "samples") for path in (board_dir / folder).glob("*")
-                    if path.resolve() not in listed)
+    strays = sorted(path for folder in ("entries", SAMPLES_ROOT) for path in (board_dir / folder).rglob("*")
+                    if path.is_file() and path.resolve() not in listed)
     if strays:
         raise EmbenchError(f"{strays[0]} is not listed in {BOARD_FILE} (left by an interrupted publish?): delete it")
     return board
@@ -228,7 +248,8 @@ def validate_board(board_dir: Path) -> Board:
 
 def _check(model: type[BaseModel], data, file: Path):
     """``data`` validated against the published JSON Schema, then parsed; problems as one line naming the file."""
-    schema = json_schemas()[{Board: "leaderboard.schema.json", Entry: "entry.schema.json"}[model]]
+    schema = json_schemas()[{Board: "leaderboard.schema.json", Entry: "entry.schema.json",
+                             EmbenchRecord: "embench.schema.json"}[model]]
     error = best_match(Draft202012Validator(schema).iter_errors(data))
     if error is not None:
         where = error.json_path.removeprefix("$.").removeprefix("$") or "(file)"

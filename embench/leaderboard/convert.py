@@ -23,10 +23,13 @@ from embench.judges import JudgeRegistry
 from embench.judges.spec import JUDGE_IDENTITY
 from embench.layout import RESULTS_FILE, SAMPLES_FILE, TRAIN_FILE
 from embench.leaderboard.schema import (
+    EMBENCH_RECORD_VERSION,
     SCHEMA_VERSION,
+    UNKNOWN_DEVELOPER,
     ConfidenceInterval,
     DetailedResults,
     EmbenchBlock,
+    EmbenchRecord,
     Entry,
     EvalLibrary,
     EvaluationResult,
@@ -46,6 +49,7 @@ from embench.leaderboard.schema import (
     StandardError,
     SuiteRef,
     Uncertainty,
+    embench_path,
     samples_path,
 )
 from embench.metrics import BOOTSTRAP_RESAMPLES, Estimate, pool_estimates
@@ -56,9 +60,11 @@ from embench.tasks import RateRule
 
 @dataclass
 class Converted:
-    """An entry, where it came from, and the per-sample rows to copy into the board (None for lm-eval)."""
+    """An entry, its embench record, where it came from, and the per-sample rows to copy into the board (None for
+    lm-eval)."""
 
     entry: Entry
+    record: EmbenchRecord
     source: Path
     samples: Path | None
 
@@ -120,6 +126,7 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
     timestamp = results.date or ""
     prompts = _JudgePrompts(registry)
     rows: list[EvaluationResult | None] = []
+    null_metrics: dict[str, Estimate] = {}
     for task, metrics in results.results.items():
         task_config = configs[task]
         source = SourceData(source_type="other", dataset_name=task, additional_details={
@@ -132,13 +139,17 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
             rule = (task_config.rates or {}).get(name)
             used = [condition["metric"] for condition in rule["all"]] if rule else [name.removesuffix("_mean")]
             description = RateRule.model_validate(rule).describe() if rule else f"mean {used[0]} judge score (0-100, higher is better)"
-            rows.append(_estimate_result(f"{task}/{name}", source, Estimate(**value), timestamp, description,
+            estimate = Estimate(**value)
+            if estimate.value is None:
+                null_metrics[f"{task}/{name}"] = estimate
+            rows.append(_estimate_result(f"{task}/{name}", source, estimate, timestamp, description,
                                          rule is not None, [identities.get(task, {}).get(m) for m in used],
                                          prompts, generation))
         if "accuracy" in metrics and "n" in metrics:  # a benign task, run through lm-eval
             rows.append(_estimate_result(f"{task}/accuracy", source, pool_estimates([metrics]), timestamp,
                                          f"lm-eval {BENIGN_METRIC} accuracy", False, [], prompts, None))
-    block = _score_block(results, identities, tags, sha256_file(file))
+    block = _score_block(results, identities, tags, sha256_file(file)).model_copy(
+        update={"null_metrics": null_metrics})
     suite_source = SourceData(source_type="other", dataset_name=suite.id, additional_details={
         "suite_version": str(suite.version), "suite_sha256": suite.sha256})
 
@@ -165,7 +176,8 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
         source_metadata=SourceMetadata(source_name="embench score", source_type="evaluation_run",
                                        source_organization_name=tags.organization, evaluator_relationship="other"),
         eval_library=EvalLibrary(name="embench", version=str(results.embench_version),
-                                 additional_details=_strings({"git_sha": results.embench_git_sha})),
+                                 additional_details=_strings({"git_sha": results.embench_git_sha,
+                                                              "embench_record": embench_path(evaluation_id)})),
         model_info=ModelInfo(
             name=config.model_name, id=model_id, inference_platform="local",
             inference_engine=InferenceEngine(name=str(engine.get("name")), version=str(engine.get("version")))
@@ -179,11 +191,11 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
                             "chat_template_sha256": config.chat_template_sha256}))),
         evaluation_results=[row for row in rows if row is not None],
         detailed_evaluation_results=DetailedResults(
-            format="jsonl", file_path=samples_path(evaluation_id), hash_algorithm="sha256", checksum=recorded,
-            total_rows=_count_lines(samples)),
-        embench=block,
+            format="jsonl", file_path=samples_path(evaluation_id, suite.id, UNKNOWN_DEVELOPER, config.model_name),
+            hash_algorithm="sha256", checksum=recorded, total_rows=_count_lines(samples)),
     )
-    return Converted(entry=entry, source=file.parent, samples=samples)
+    record = EmbenchRecord(schema_version=EMBENCH_RECORD_VERSION, evaluation_id=evaluation_id, embench=block)
+    return Converted(entry=entry, record=record, source=file.parent, samples=samples)
 
 
 def _generation_config(run: dict) -> GenerationConfig | None:
@@ -285,21 +297,23 @@ def _from_lm_eval(file: Path, data: dict, tags: Tags, allow_limit: bool) -> Conv
         model=ModelRef(name=model.name, base_sha256=model.base_sha256, adapter_sha256=model.adapter_sha256),
         suite=None, task_sha256={task: _task_hash(data, task) for task in tasks}, judges={},
         results_sha256=sha256_file(file), sample_limit=limit)
+    evaluation_id = f"lm-eval/{model_id}/{sha256_json([block.results_sha256, model.identity])[:16]}"
     entry = Entry(
-        schema_version=SCHEMA_VERSION,
-        evaluation_id=f"lm-eval/{model_id}/{sha256_json([block.results_sha256, model.identity])[:16]}",
+        schema_version=SCHEMA_VERSION, evaluation_id=evaluation_id,
         retrieved_timestamp=str(int(time.time())), evaluation_timestamp=timestamp,
         source_metadata=SourceMetadata(source_name="lm-eval", source_type="evaluation_run",
                                        source_organization_name=tags.organization, evaluator_relationship="other"),
         eval_library=EvalLibrary(name="lm-eval", version=str(data.get("lm_eval_version") or "unknown"),
-                                 additional_details=_strings({"git_hash": data.get("git_hash"), "limit": limit})),
+                                 additional_details=_strings({"git_hash": data.get("git_hash"), "limit": limit,
+                                                              "embench_record": embench_path(evaluation_id)})),
         model_info=ModelInfo(name=model.name, id=model_id, inference_platform=f"lm-eval {config.get('model')}",
                              additional_details=ModelDetails(
                                  deployment_type="self_deployed", model_availability="open_weights",
                                  **_strings({"base_sha256": model.base_sha256,
                                              "adapter_sha256": model.adapter_sha256}))),
-        evaluation_results=rows, embench=block)
-    return Converted(entry=entry, source=file, samples=None)
+        evaluation_results=rows)
+    record = EmbenchRecord(schema_version=EMBENCH_RECORD_VERSION, evaluation_id=evaluation_id, embench=block)
+    return Converted(entry=entry, record=record, source=file, samples=None)
 
 
 def _model_args(value) -> dict:
@@ -325,7 +339,7 @@ def _estimate_result(name: str, source: SourceData, estimate: Estimate | None, t
                      lower_is_better: bool, identities: list[JudgeIdentity | None], prompts: "_JudgePrompts",
                      generation: GenerationConfig | None) -> EvaluationResult | None:
     """One row of ``evaluation_results``; None for a null estimate (the public schema needs a number: the null
-    stays visible, with its exclusions, in the ``embench`` block and the task's results)."""
+    stays visible, with its exclusions, in the embench record's ``null_metrics`` and the task's results)."""
     if estimate is None or estimate.value is None:
         return None
     rate = estimate.method == "wilson"

@@ -15,7 +15,7 @@ import embench
 from embench.errors import EmbenchError
 from embench.files import now, write_text_atomic
 from embench.layout import BOARD_FILE, PAGE_FILE
-from embench.leaderboard.board import check_page, check_pages, load_board, load_entries, validate_board
+from embench.leaderboard.board import check_page, check_pages, load_board, load_records, validate_board
 from embench.leaderboard.schema import Board, BoardEntry
 from embench.metrics import Estimate, format_estimate
 
@@ -54,9 +54,9 @@ def render_board(board_dir: Path) -> list[Path]:
     board_dir = Path(board_dir)
     board = validate_board(board_dir)
     check_pages(board_dir)
-    entries = {entry.evaluation_id: entry for entry in load_entries(board_dir, board)}
+    records = {record.evaluation_id: record.embench for record in load_records(board_dir, board)}
     page = _environment().get_template("board.html.j2").render(
-        board=board, entries=entries, plot=trade_off_plot(board.entries), generated=now(),
+        board=board, records=records, plot=trade_off_plot(board.entries), generated=now(),
         version=embench.__version__)
     write_text_atomic(board_dir / PAGE_FILE, page)
     return [board_dir / PAGE_FILE, render_index(board_dir.parent)]

@@ -2,15 +2,17 @@
 
 An entry follows the public "Every Eval Ever" evaluation schema (``schema_version``, ``evaluation_id``,
 ``source_metadata``, ``eval_library``, ``model_info``, ``evaluation_results`` with ``metric_config`` and
-``score_details``, ``detailed_evaluation_results``), extended with an ``embench`` block holding the numbers a
-board ranks and plots. Fields of that schema that embench never fills are not modelled; ``*_details`` maps hold
-strings only, as the schema asks. The JSON Schema files in ``leaderboards/schema/`` are generated from these
+``score_details``, ``detailed_evaluation_results``) and nothing else, so that every entry embench accepts also passes
+the published schema; the numbers a board ranks and checks an entry by are in an ``EmbenchRecord`` beside it. Fields
+of that schema that embench never fills are not modelled; ``*_details`` maps hold strings only, as the schema asks. The JSON Schema files in ``leaderboards/schema/`` are generated from these
 models (``embench leaderboard schema``) and a test keeps them in step.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import uuid
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -23,7 +25,9 @@ from embench.judges.scoring import Aggregation
 from embench.metrics import Estimate
 
 SCHEMA_VERSION = "0.3.0"  # of the "Every Eval Ever" layout the entries follow
-BOARD_SCHEMA_VERSION = 1
+EMBENCH_RECORD_VERSION = 1
+UNKNOWN_DEVELOPER = "unknown"  # EEE's samples path names the model's developer, which a local checkpoint does not say
+BOARD_SCHEMA_VERSION = 2  # 2: entries are plain EEE records, embench's figures in a record beside each
 Details = dict[str, str]
 
 
@@ -32,9 +36,21 @@ def entry_path(evaluation_id: str) -> str:
     return f"entries/{file_safe(evaluation_id)}.json"
 
 
-def samples_path(evaluation_id: str) -> str:
-    """Where an entry's per-sample rows are copied, relative to its board folder."""
-    return f"samples/{file_safe(evaluation_id)}.jsonl"
+def embench_path(evaluation_id: str) -> str:
+    """Where an entry's embench record (its figures beside the EEE record) lives, relative to its board folder."""
+    return f"entries/{file_safe(evaluation_id)}.embench.json"
+
+
+SAMPLES_ROOT = "data"  # EEE's layout: data/<benchmark>/<developer>/<model>/<uuid4>_samples.jsonl
+SAMPLES_PATTERN = (r"^data/[^/]+/[^/]+/[^/]+/[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-4[0-9A-Fa-f]{3}-[89ABab][0-9A-Fa-f]{3}-"
+                   r"[0-9A-Fa-f]{12}_samples\.jsonl$")
+
+
+def samples_path(evaluation_id: str, benchmark: str, developer: str, model: str) -> str:
+    """Where an entry's per-sample rows are copied, relative to its board folder, in EEE's layout; the uuid is
+    derived from the evaluation id, so publishing the same results again names the same file."""
+    name = uuid.UUID(bytes=hashlib.sha256(evaluation_id.encode("utf-8")).digest()[:16], version=4)
+    return f"{SAMPLES_ROOT}/{file_safe(benchmark)}/{file_safe(developer)}/{file_safe(model)}/{name}_samples.jsonl"
 
 
 class Strict(BaseModel):
@@ -63,14 +79,13 @@ class InferenceEngine(Strict):
 
 
 class ModelDetails(BaseModel):
-    """A model's ``additional_details``: the two keys the published schema requires (every entry embench writes has
-    them; entries published before they existed read as "unknown"), then strings."""
+    """A model's ``additional_details``: the two keys the published schema requires, then strings."""
 
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, str] = Field(init=False)
 
-    deployment_type: Literal["self_deployed", "externally_managed", "unknown"] = "unknown"
-    model_availability: Literal["open_weights", "closed_weights", "unknown"] = "unknown"
+    deployment_type: Literal["self_deployed", "externally_managed", "unknown"]
+    model_availability: Literal["open_weights", "closed_weights", "unknown"]
 
 
 class ModelInfo(Strict):
@@ -78,7 +93,7 @@ class ModelInfo(Strict):
     id: str
     inference_platform: str | SkipJsonSchema[None] = None
     inference_engine: InferenceEngine | SkipJsonSchema[None] = None
-    additional_details: ModelDetails = ModelDetails()
+    additional_details: ModelDetails
 
 
 class SourceData(Strict):
@@ -158,7 +173,7 @@ class DetailedResults(Strict):
     """The per-sample rows, copied into the board and identified by checksum."""
 
     format: Literal["jsonl"]
-    file_path: str  # relative to the board folder
+    file_path: str = Field(pattern=SAMPLES_PATTERN, description="relative to the board folder")
     hash_algorithm: Literal["sha256"]
     checksum: str = Field(pattern="^[0-9a-f]{64}$")
     total_rows: int = Field(ge=0)
@@ -208,10 +223,13 @@ class EmbenchBlock(Strict):
     results_sha256: str = Field(description="sha256 of the results file this entry was made from")
     sample_limit: float | None = Field(None, description="lm-eval's --limit where the run evaluated only part of "
                                                          "each task (published only with --allow-limit)")
+    null_metrics: dict[str, Estimate] = Field(
+        default_factory=dict, description="task/metric -> every metric with no value, with what it excluded: the EEE "
+                                          "record needs a number, so it leaves them out")
 
 
 class Entry(Strict):
-    """One evaluated checkpoint: an "Every Eval Ever" record plus the ``embench`` block."""
+    """One evaluated checkpoint as an "Every Eval Ever" record; its embench figures are in its ``EmbenchRecord``."""
 
     schema_version: Literal["0.3.0"]
     evaluation_id: str
@@ -222,13 +240,22 @@ class Entry(Strict):
     model_info: ModelInfo
     evaluation_results: list[EvaluationResult]
     detailed_evaluation_results: DetailedResults | SkipJsonSchema[None] = None
+
+    def to_json(self) -> dict:
+        """The file's content: absent optional fields of the public schema are left out, not written as null."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class EmbenchRecord(Strict):
+    """What a board ranks and checks an entry by, beside its EEE record (which has no place for it): the headline
+    rates, tags and provenance. Its nulls are kept: a null rate means "no such task", which readers need to see."""
+
+    schema_version: Literal[EMBENCH_RECORD_VERSION]
+    evaluation_id: str
     embench: EmbenchBlock
 
     def to_json(self) -> dict:
-        """The file's content: absent optional fields of the public schema are left out, not written as null;
-        the ``embench`` block keeps its nulls (a null rate means "no such task", which readers need to see)."""
-        return {**self.model_dump(mode="json", exclude_none=True, exclude={"embench"}),
-                "embench": self.embench.model_dump(mode="json")}
+        return self.model_dump(mode="json")
 
 
 # --- leaderboard.json ----------------------------------------------------------------------------
@@ -241,6 +268,8 @@ class BoardEntry(Strict):
     evaluation_id: str
     file: str  # relative to the board folder
     sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    embench_file: str  # the entry's EmbenchRecord, relative to the board folder
+    embench_sha256: str = Field(pattern="^[0-9a-f]{64}$")
     model: str
     source: Literal["embench-score", "lm-eval"]
     defense: str | None
@@ -254,7 +283,7 @@ class BoardEntry(Strict):
 
 
 class Board(Strict):
-    schema_version: Literal[1]
+    schema_version: Literal[2]
     name: str
     suite: SuiteRef | None = Field(description="the suite every embench entry was scored on (set by the first)")
     judges: dict[str, dict[str, JudgeIdentity]] = Field(description="the board's judges: task -> metric -> judge")
@@ -267,7 +296,7 @@ class Board(Strict):
         return any(entry.mixed_judges for entry in self.entries)
 
 
-SCHEMA_FILES = {"entry.schema.json": Entry, "leaderboard.schema.json": Board}
+SCHEMA_FILES = {"entry.schema.json": Entry, "embench.schema.json": EmbenchRecord, "leaderboard.schema.json": Board}
 
 
 @cache
