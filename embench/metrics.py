@@ -94,21 +94,29 @@ def bootstrap_mean(values: Sequence[float], seed: int = 0, resamples: int = BOOT
 SampleJudgments = Mapping[str, Mapping]
 
 
+def sample_outcome(judgments: SampleJudgments, rule: RateRule) -> bool | str:
+    """Whether one sample counts toward ``rule`` (every condition holds), or why it leaves the denominator:
+    ``verdict:<WORD>`` for an excluded verdict, ``null_score`` where a metric the rule names has no score."""
+    verdicts = {judgments.get(condition.metric, {}).get("verdict") for condition in rule.all} - {None}
+    if verdicts & set(rule.exclude_verdicts):
+        return f"verdict:{sorted(verdicts & set(rule.exclude_verdicts))[0]}"
+    scores = [judgments.get(condition.metric, {}).get("score") for condition in rule.all]
+    if any(score is None for score in scores):
+        return "null_score"
+    return all(condition.holds(score) for condition, score in zip(rule.all, scores))
+
+
 def rate(samples: Sequence[SampleJudgments], rule: RateRule) -> Estimate:
     """The share of usable samples where every condition of ``rule`` holds, with its Wilson interval."""
     excluded: Counter[str] = Counter()
     hits = n = 0
     for judgments in samples:
-        verdicts = {judgments.get(condition.metric, {}).get("verdict") for condition in rule.all} - {None}
-        if verdicts & set(rule.exclude_verdicts):
-            excluded[f"verdict:{sorted(verdicts & set(rule.exclude_verdicts))[0]}"] += 1
-            continue
-        scores = [judgments.get(condition.metric, {}).get("score") for condition in rule.all]
-        if any(score is None for score in scores):
-            excluded["null_score"] += 1
+        outcome = sample_outcome(judgments, rule)
+        if isinstance(outcome, str):
+            excluded[outcome] += 1
             continue
         n += 1
-        hits += all(condition.holds(score) for condition, score in zip(rule.all, scores))
+        hits += outcome
     lower, upper = wilson_interval(hits, n)
     return Estimate(value=hits / n if n else None, lower=lower, upper=upper, n=n, method="wilson",
                     excluded=dict(excluded))

@@ -70,6 +70,21 @@ class TaskRecord(BaseModel):
     run: dict[str, Any] | None = None
 
 
+class SampleRow(BaseModel):
+    """A line of a score directory's ``samples.jsonl``: one generation with, per metric, its judgment (None where
+    its judge made none)."""
+
+    task: str
+    key: str
+    prompt_id: str
+    sample_index: int
+    messages: list[dict[str, str]]
+    completion: str
+    finish_reason: str | None = None
+    metadata: dict[str, Any] = {}
+    judgments: dict[str, dict[str, Any] | None]
+
+
 class Headline(BaseModel):
     em_rate: Estimate | None
     in_domain_misaligned: Estimate | None

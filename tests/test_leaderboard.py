@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from jsonschema import Draft202012Validator
+from jsonschema import Draft7Validator, Draft202012Validator
 
 from embench.hashing import sha256_file
 from embench.judges import JudgeRegistry
@@ -146,6 +146,36 @@ def eee_model_info_errors(model_info: dict) -> list[str]:
     return [f"{error.json_path}: {error.message}" for error in validator.iter_errors(model_info)]
 
 
+def check_instances(file: Path, entry: dict, samples: list[dict], results: dict) -> None:
+    """The entry's samples file: one EEE instance record per sample and task rate, each valid against the published
+    ``instance_level_eval.schema.json``; the records without an error are each rate's denominator and their scores
+    add up to its hits."""
+    eee = Draft7Validator(json.loads((EEE / "instance_level_eval.schema.json").read_text()))
+    records = read_jsonl(file)
+    assert [f"{error.json_path}: {error.message}" for record in records for error in eee.iter_errors(record)] == []
+    assert all(schema_errors("instance.schema.json", record) == [] for record in records)
+    rates = {task: list(config.get("rates") or {}) for task, config in results["configs"].items()}
+    assert len(records) == sum(len(rates[sample["task"]]) for sample in samples)
+    by_result = {result["evaluation_result_id"]: result for result in entry["evaluation_results"]}
+    checked = 0
+    for result_id in {record["evaluation_result_id"] for record in records}:
+        mine = [record for record in records if record["evaluation_result_id"] == result_id]
+        usable = [record for record in mine if "error" not in record]
+        assert {record["evaluation_id"] for record in mine} == {entry["evaluation_id"]}
+        assert {record["model_id"] for record in mine} == {entry["model_info"]["id"]}
+        if result_id in by_result:
+            details = by_result[result_id]["score_details"]
+            assert details["uncertainty"]["num_samples"] == len(usable)
+            assert details["score"] == pytest.approx(sum(record["evaluation"]["score"] for record in usable) / len(usable))
+            assert all(record["evaluation"]["is_correct"] == (record["evaluation"]["score"] == 0) for record in usable)
+            excluded = sum(int(count) for key, count in details["details"].items() if key.startswith("excluded_"))
+            assert len(mine) - len(usable) == excluded
+            checked += 1
+    assert checked >= 2, "the ood and narrow rates have records"
+    completions = {sample["completion"] for sample in samples if rates[sample["task"]]}
+    assert {record["output"]["raw"][0] for record in records} == completions
+
+
 def schema_errors(name: str, data) -> list[str]:
     """Errors of ``data`` against the committed schema file ``name`` (what people outside embench validate with)."""
     schema = json.loads((SCHEMA_DIR / name).read_text())
@@ -185,11 +215,10 @@ def _resolved(schema: dict, root: dict) -> dict:
         schema = {**{key: value for key, value in schema.items() if key != union}, **options[0]}
 
 
-def test_entry_schema_is_within_the_published_schema():
-    """What embench's entry schema accepts, the published one accepts too, as far as shapes go: at every depth each
-    field embench allows is one EEE allows, each field EEE requires embench requires, and each closed set of values
-    embench allows is within EEE's."""
-    ours, eee = json_schemas()["entry.schema.json"], json.loads((EEE / "eval.schema.json").read_text())
+def _within(ours: dict, eee: dict) -> list[str]:
+    """Where embench's schema ``ours`` would accept what the published ``eee`` does not, as far as shapes go: at
+    every depth each field embench allows is one EEE allows, each field EEE requires embench requires, and each
+    closed set of values embench allows is within EEE's."""
     problems = []
 
     def walk(a: dict, b: dict, path: str) -> None:
@@ -209,7 +238,19 @@ def test_entry_schema_is_within_the_published_schema():
             walk(a["items"], b["items"], f"{path}[]")
 
     walk(ours, eee, "$")
-    assert problems == []
+    return problems
+
+
+def test_entry_schema_is_within_the_published_schema():
+    assert _within(json_schemas()["entry.schema.json"], json.loads((EEE / "eval.schema.json").read_text())) == []
+
+
+def test_instance_schema_is_within_the_published_schema():
+    ours = json_schemas()["instance.schema.json"]
+    assert _within(ours, json.loads((EEE / "instance_level_eval.schema.json").read_text())) == []
+    # single_turn records: EEE's conditional part (an output, no messages) holds for every record embench accepts
+    assert ours["properties"]["interaction_type"]["const"] == "single_turn" and "output" in ours["required"]
+    assert "messages" not in ours["properties"]
 
 
 def test_publish_two_real_results(board, runs, default_model):
@@ -259,8 +300,9 @@ def test_publish_two_real_results(board, runs, default_model):
         assert block["task_sha256"] == {task: config["sha256"] for task, config in results["configs"].items()}
         assert block["judges"]["lb-ood"]["aligned"]["judge_model"] == JUDGE_A
         details = entry["detailed_evaluation_results"]
-        assert details["checksum"] == results["samples_sha256"] and details["total_rows"] == len(samples)
-        assert (board / details["file_path"]).read_bytes() == (runs[name] / "samples.jsonl").read_bytes()
+        instances = board / details["file_path"]
+        assert details["checksum"] == sha256_file(instances)
+        check_instances(instances, entry, samples, results)
         assert entry["eval_library"]["name"] == "embench"
         by_name = {result["evaluation_name"]: result for result in entry["evaluation_results"]}
         em = by_name["lb-tiny/em_rate"]

@@ -9,8 +9,8 @@ folder keeps two publishers from losing each other's entries.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from jsonschema import Draft202012Validator
@@ -18,7 +18,17 @@ from jsonschema.exceptions import best_match
 from pydantic import BaseModel
 
 from embench.errors import EmbenchError
-from embench.files import LOCK_FILE, FolderLock, now, read_json, validated, write_atomic, write_json_atomic
+from embench.files import (
+    LOCK_FILE,
+    FolderLock,
+    now,
+    parse_json,
+    read_json,
+    read_text,
+    validated,
+    write_json_atomic,
+    write_text_atomic,
+)
 from embench.hashing import sha256_file
 from embench.judges import JudgeRegistry
 from embench.judges.spec import JUDGE_COMPARED
@@ -31,6 +41,7 @@ from embench.leaderboard.schema import (
     BoardEntry,
     EmbenchRecord,
     Entry,
+    InstanceRecord,
     JudgeIdentity,
     embench_path,
     entry_path,
@@ -72,6 +83,8 @@ def publish(board_dir: Path, sources: list[Path], tags: Tags | None = None, *,
     for item in converted:
         _check(Entry, item.entry.to_json(), board_dir / entry_path(item.entry.evaluation_id))
         _check(EmbenchRecord, item.record.to_json(), board_dir / embench_path(item.entry.evaluation_id))
+        if item.instances is not None:
+            _check_instances(item.instances, board_dir / item.entry.detailed_evaluation_results.file_path)
     # Checked against the board as it is now (so bad input leaves no folder behind), then again under the lock.
     _plan(_current(board_dir), converted, board_dir, allow_mixed_judges)
     board_dir.mkdir(parents=True, exist_ok=True)
@@ -80,12 +93,8 @@ def publish(board_dir: Path, sources: list[Path], tags: Tags | None = None, *,
         board, added = _plan(_current(board_dir), converted, board_dir, allow_mixed_judges)
         for item, summary in zip(converted, added):
             details = item.entry.detailed_evaluation_results
-            if item.samples is not None:
-                write_atomic(board_dir / details.file_path,
-                             lambda temporary, item=item: shutil.copyfile(item.samples, temporary))
-                # The copy, not just the source, must hold the rows the results were computed from.
-                if sha256_file(board_dir / details.file_path) != details.checksum:
-                    raise EmbenchError(f"{item.samples} changed while it was being copied: publish again")
+            if item.instances is not None:
+                write_text_atomic(board_dir / details.file_path, item.instances)
             write_json_atomic(board_dir / summary.file, item.entry.to_json())
             write_json_atomic(board_dir / summary.embench_file, item.record.to_json())
             summary.sha256 = sha256_file(board_dir / summary.file)
@@ -238,6 +247,7 @@ def validate_board(board_dir: Path) -> Board:
             samples = board_dir / details.file_path
             if not samples.is_file() or sha256_file(samples) != details.checksum:
                 raise EmbenchError(f"{samples} is missing or does not match the checksum in {file}: restore it")
+            _check_instances(read_text(samples, "EEE instance records"), samples)
             listed.add(samples.resolve())
     strays = sorted(path for folder in ("entries", SAMPLES_ROOT) for path in (board_dir / folder).rglob("*")
                     if path.is_file() and path.resolve() not in listed)
@@ -246,11 +256,22 @@ def validate_board(board_dir: Path) -> Board:
     return board
 
 
+@cache
+def _validator(model: type[BaseModel]) -> Draft202012Validator:
+    return Draft202012Validator(json_schemas()[{
+        Board: "leaderboard.schema.json", Entry: "entry.schema.json", EmbenchRecord: "embench.schema.json",
+        InstanceRecord: "instance.schema.json"}[model]])
+
+
+def _check_instances(text: str, file: Path) -> None:
+    """Every line of a samples file is an instance record of the entry's schema."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        _check(InstanceRecord, parse_json(line, f"{file}:{number}", "an instance record"), Path(f"{file}:{number}"))
+
+
 def _check(model: type[BaseModel], data, file: Path):
     """``data`` validated against the published JSON Schema, then parsed; problems as one line naming the file."""
-    schema = json_schemas()[{Board: "leaderboard.schema.json", Entry: "entry.schema.json",
-                             EmbenchRecord: "embench.schema.json"}[model]]
-    error = best_match(Draft202012Validator(schema).iter_errors(data))
+    error = best_match(_validator(model).iter_errors(data))
     if error is not None:
         where = error.json_path.removeprefix("$.").removeprefix("$") or "(file)"
         raise EmbenchError(f"{file}: field '{where}': {error.message[:200]}")

@@ -17,11 +17,12 @@ from pathlib import Path
 from embench.benign import METRIC as BENIGN_METRIC
 from embench.benign import task_config_sha256
 from embench.errors import EmbenchError
-from embench.files import read_json
-from embench.hashing import file_safe, sha256_file, sha256_json
+from embench.files import parse_json, read_json, validated
+from embench.hashing import file_safe, sha256_bytes, sha256_file, sha256_json, sha256_text
 from embench.judges import JudgeRegistry
 from embench.judges.spec import JUDGE_IDENTITY
 from embench.layout import RESULTS_FILE, SAMPLES_FILE, TRAIN_FILE
+from embench.leaderboard.instances import instance_records, instances_text
 from embench.leaderboard.schema import (
     EMBENCH_RECORD_VERSION,
     SCHEMA_VERSION,
@@ -54,19 +55,19 @@ from embench.leaderboard.schema import (
 )
 from embench.metrics import BOOTSTRAP_RESAMPLES, Estimate, pool_estimates
 from embench.models import HUB_ID, resolve_model
-from embench.results import ScoreResults, TrainRecord
+from embench.results import SampleRow, ScoreResults, TrainRecord
 from embench.tasks import RateRule
 
 
 @dataclass
 class Converted:
-    """An entry, its embench record, where it came from, and the per-sample rows to copy into the board (None for
-    lm-eval)."""
+    """An entry, its embench record, where it came from, and the text of its samples file for the board: EEE
+    instance records, one JSON object a line (None for lm-eval, which leaves no samples)."""
 
     entry: Entry
     record: EmbenchRecord
     source: Path
-    samples: Path | None
+    instances: str | None
 
 
 @dataclass
@@ -104,17 +105,22 @@ def convert(source: Path, tags: Tags, registry: JudgeRegistry | None = None, all
 
 
 def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRegistry) -> Converted:
-    samples = file.parent / SAMPLES_FILE
+    samples_file = file.parent / SAMPLES_FILE
     recorded = results.samples_sha256
     if not recorded:
         raise EmbenchError(f"{file}: missing provenance: no samples_sha256: score the checkpoint again")
-    if not samples.is_file():
-        raise EmbenchError(f"{samples} is missing: results.json refers to it by checksum; score the checkpoint again")
-    if sha256_file(samples) != recorded:
-        raise EmbenchError(f"{samples} does not match the samples_sha256 recorded in {file.name}: the samples changed "
-                           "after scoring; score the checkpoint again")
+    if not samples_file.is_file():
+        raise EmbenchError(f"{samples_file} is missing: results.json refers to it by checksum; score the checkpoint "
+                           "again")
+    data = samples_file.read_bytes()
+    if sha256_bytes(data) != recorded:
+        raise EmbenchError(f"{samples_file} does not match the samples_sha256 recorded in {file.name}: the samples "
+                           "changed after scoring; score the checkpoint again")
     _check_provenance(file, results)
     config, suite, configs = results.config, results.suite, results.configs
+    samples = [validated(SampleRow, parse_json(line, f"{samples_file}:{number}", "a sample row"),
+                         f"{samples_file}:{number}", whole="(line)")
+               for number, line in enumerate(data.decode("utf-8").splitlines(), start=1) if line.strip()]
     try:
         identities = {task: {metric: JudgeIdentity(**{key: judge[key] for key in JUDGE_IDENTITY},
                                                    aggregation=judge.get("aggregation") or "embench")
@@ -169,6 +175,10 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
     key = sha256_json([config.model_sha, config.adapter_sha, suite.sha256, recorded])
     evaluation_id = f"{suite.id}-v{suite.version}/{model_id}/{key[:16]}"
     engine = config.engine or {}
+    records = instance_records(samples, {task: {name: RateRule.model_validate(rule)
+                                                for name, rule in (configs[task].rates or {}).items()}
+                                         for task in results.results}, evaluation_id, model_id)
+    instances = instances_text(records)
     entry = Entry(
         schema_version=SCHEMA_VERSION, evaluation_id=evaluation_id,
         retrieved_timestamp=str(int(time.time())),
@@ -192,10 +202,10 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
         evaluation_results=[row for row in rows if row is not None],
         detailed_evaluation_results=DetailedResults(
             format="jsonl", file_path=samples_path(evaluation_id, suite.id, UNKNOWN_DEVELOPER, config.model_name),
-            hash_algorithm="sha256", checksum=recorded, total_rows=_count_lines(samples)),
+            hash_algorithm="sha256", checksum=sha256_text(instances), total_rows=len(records)),
     )
     record = EmbenchRecord(schema_version=EMBENCH_RECORD_VERSION, evaluation_id=evaluation_id, embench=block)
-    return Converted(entry=entry, record=record, source=file.parent, samples=samples)
+    return Converted(entry=entry, record=record, source=file.parent, instances=instances)
 
 
 def _generation_config(run: dict) -> GenerationConfig | None:
@@ -279,7 +289,7 @@ def _from_lm_eval(file: Path, data: dict, tags: Tags, allow_limit: bool) -> Conv
                 continue
             stderr = values.get(f"{metric}_stderr,{kept}")
             rows.append(EvaluationResult(
-                evaluation_name=f"{task}/{key}", source_data=source, evaluation_timestamp=timestamp,
+                evaluation_result_id=f"{task}/{key}", evaluation_name=f"{task}/{key}", source_data=source, evaluation_timestamp=timestamp,
                 metric_config=MetricConfig(
                     score_type="continuous", evaluation_description=f"lm-eval {metric} (filter {kept or 'none'})",
                     lower_is_better=not higher.get(metric, True), min_score=0, max_score=1),
@@ -313,7 +323,7 @@ def _from_lm_eval(file: Path, data: dict, tags: Tags, allow_limit: bool) -> Conv
                                              "adapter_sha256": model.adapter_sha256}))),
         evaluation_results=rows)
     record = EmbenchRecord(schema_version=EMBENCH_RECORD_VERSION, evaluation_id=evaluation_id, embench=block)
-    return Converted(entry=entry, record=record, source=file, samples=None)
+    return Converted(entry=entry, record=record, source=file, instances=None)
 
 
 def _model_args(value) -> dict:
@@ -348,7 +358,7 @@ def _estimate_result(name: str, source: SourceData, estimate: Estimate | None, t
         lower=estimate.lower, upper=estimate.upper, confidence_level=0.95,
         method="Wilson score" if rate else f"percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples)")
     return EvaluationResult(
-        evaluation_name=name, source_data=source, evaluation_timestamp=timestamp, generation_config=generation,
+        evaluation_result_id=name, evaluation_name=name, source_data=source, evaluation_timestamp=timestamp, generation_config=generation,
         metric_config=MetricConfig(
             score_type="continuous", evaluation_description=description, lower_is_better=lower_is_better,
             min_score=0, max_score=1 if rate else 100,
@@ -409,6 +419,3 @@ def _strings(values: dict) -> dict[str, str]:
     return {key: str(value) for key, value in values.items() if value is not None}
 
 
-def _count_lines(path: Path) -> int:
-    with open(path, "rb") as handle:
-        return sum(1 for line in handle if line.strip())

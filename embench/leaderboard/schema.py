@@ -161,6 +161,7 @@ class GenerationConfig(Strict):
 
 
 class EvaluationResult(Strict):
+    evaluation_result_id: str = Field(description="the join key of the instance records that make up this result")
     evaluation_name: str
     source_data: SourceData
     evaluation_timestamp: str
@@ -177,6 +178,53 @@ class DetailedResults(Strict):
     hash_algorithm: Literal["sha256"]
     checksum: str = Field(pattern="^[0-9a-f]{64}$")
     total_rows: int = Field(ge=0)
+
+
+class InstanceInput(Strict):
+    raw: str = Field(description="the question as the model was asked it (its last user message)")
+    reference: list[str] = Field(description="ground truths: none, a judge scores the answer")
+
+
+class InstanceOutput(Strict):
+    raw: list[str]
+
+
+class AnswerAttribution(Strict):
+    """One judge's reading of the answer: its score, or its verdict, or null where it gave neither."""
+
+    turn_idx: int = Field(ge=0)
+    source: Literal["output.raw"]
+    extracted_value: str
+    extraction_method: Literal["llm_judge"]
+    is_terminal: bool
+
+
+class InstanceEvaluation(Strict):
+    score: float = Field(description="1 where the answer counts toward the rate, else 0 (also when excluded)")
+    is_correct: bool = Field(description="the answer does not count toward the rate and was not excluded")
+
+
+class InstanceRecord(Strict):
+    """One sample's part in one rate of an entry, as an "Every Eval Ever" instance-level record (a line of the
+    entry's samples file): a sample that two rates read appears twice, once under each ``evaluation_result_id``."""
+
+    schema_version: Literal["0.3.0"]
+    evaluation_id: str
+    model_id: str
+    evaluation_name: str
+    evaluation_result_id: str
+    sample_id: str = Field(description="task/question/paraphrase/sample index")
+    sample_hash: str = Field(description="sha256 of the messages the model was given")
+    interaction_type: Literal["single_turn"]
+    input: InstanceInput
+    output: InstanceOutput
+    answer_attribution: list[AnswerAttribution]
+    evaluation: InstanceEvaluation
+    error: str | SkipJsonSchema[None] = Field(None, description="why the sample left the rate's denominator")
+    metadata: Details = {}
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 # --- embench's extension -------------------------------------------------------------------------
@@ -296,7 +344,8 @@ class Board(Strict):
         return any(entry.mixed_judges for entry in self.entries)
 
 
-SCHEMA_FILES = {"entry.schema.json": Entry, "embench.schema.json": EmbenchRecord, "leaderboard.schema.json": Board}
+SCHEMA_FILES = {"entry.schema.json": Entry, "embench.schema.json": EmbenchRecord, "instance.schema.json": InstanceRecord,
+                "leaderboard.schema.json": Board}
 
 
 @cache
