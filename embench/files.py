@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 import embench
 from embench.errors import EmbenchError
+from embench.layout import LIBRARY_LOG_FILE
 
 LOCK_FILE = ".lock"  # FolderLock's file: its presence does not make a folder foreign
 
@@ -161,7 +162,8 @@ def check_output_folder(path: Path, record_name: str, fingerprint: str, kind: st
     if not path.exists():
         return
     record = path / record_name
-    if not path.is_dir() or (not record.is_file() and any(p.name != LOCK_FILE for p in path.iterdir())):
+    if not path.is_dir() or (not record.is_file() and any(p.name not in (LOCK_FILE, LIBRARY_LOG_FILE)
+                                                          for p in path.iterdir())):
         raise EmbenchError(f"--out {path} exists and is not {kind}: choose another --out")
     if record.is_file():
         found = read_json_object(record, f"the record of {kind}")

@@ -25,6 +25,7 @@ JUDGMENTS_FILE = "judgments.jsonl"
 RESULTS_FILE = "results.json"
 SAMPLES_FILE = "samples.jsonl"
 SCORE_STATE_FILE = "score.json"
+LIBRARY_LOG_FILE = "libraries.log"  # what vLLM, torch and transformers print during a run (unless --verbose)
 TASKS_DIR = "tasks"
 
 # A training folder (`embench train`): the record, the log, the final adapter, checkpoint-STEP/ folders.

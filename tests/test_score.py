@@ -156,6 +156,11 @@ def test_score_end_to_end(reference, suites, default_model):
     assert str(out) not in results_text and str(out.resolve()) not in results_text, \
         "results.json must not depend on where the score directory is"
 
+    # A clean terminal: vLLM's, torch's and transformers' own output went to the score directory's log.
+    assert [line for line in result.stderr.splitlines() if not line.startswith("warning: ")] == []
+    library_log = (out / "libraries.log").read_text()
+    assert library_log.strip() and "Traceback" not in library_log
+
     config = results["config"]
     assert config["model"] == "default" and config["adapter_sha"] is None
     assert config["model_sha"] == default_model.base_sha256 and len(config["model_sha"]) == 64
@@ -290,8 +295,10 @@ def test_lora_checkpoint_scores_with_samples_override(reference, suites, lora_ad
     from embench.models import resolve_model
 
     out = tmp_path / "score"
-    result = run_embench(*score_args(suites["small"], out, "--samples", "3", checkpoint=str(lora_adapter)), env=WIDE)
+    result = run_embench(*score_args(suites["small"], out, "--samples", "3", "--verbose", checkpoint=str(lora_adapter)),
+                         env=WIDE)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.strip() and not (out / "libraries.log").exists(), "--verbose: the libraries' output shown"
     results = json.loads((out / "results.json").read_text())
     adapter = resolve_model(str(lora_adapter))
     base = json.loads((reference[1] / "results.json").read_text())

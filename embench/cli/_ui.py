@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,34 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@contextmanager
+def library_output(log_file: Path, verbose: bool):
+    """What vLLM, torch and transformers print (warnings, start-up notes, weight-loading bars; their threads and
+    child processes too, which share the process's stderr) goes to ``log_file``, not the terminal, unless
+    ``verbose``; embench's own progress and messages still reach the terminal."""
+    if verbose:
+        yield
+        return
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    with open(log_file, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    errors.file = os.fdopen(os.dup(terminal), "w", encoding="utf-8", errors="replace")
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        errors.file.close()
+        errors.file = None  # back to sys.stderr
+        os.dup2(terminal, 2)
+        os.close(terminal)
+
+
+Verbose = typer.Option(False, "--verbose", help="Show the libraries' own warnings and logs on the terminal instead "
+                                                "of writing them to the run directory's libraries.log.")
 
 
 @contextmanager

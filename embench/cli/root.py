@@ -10,6 +10,7 @@ import typer
 
 from embench.cli._ui import _quiet_libraries, errors
 from embench.cli.catalog import models_app, tasks_app
+from embench.cli.export import export_app
 from embench.cli.judges import judges_app
 from embench.cli.leaderboard import leaderboard_app
 from embench.cli.run import compare_command, generate_command, judge_command, score_command
@@ -28,6 +29,7 @@ app.add_typer(judges_app, name="judges")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(leaderboard_app, name="leaderboard")
 app.add_typer(traits_app, name="traits")
+app.add_typer(export_app, name="export")
 
 app.command("generate")(generate_command)
 app.command("judge")(judge_command)

@@ -11,8 +11,9 @@ import typer
 from rich.table import Table
 
 from embench.api import JudgeOptions
-from embench.cli._ui import JUDGE_OPTIONS, JudgesDir, console, errors, grouped, with_progress
+from embench.cli._ui import JUDGE_OPTIONS, JudgesDir, Verbose, console, errors, grouped, library_output, with_progress
 from embench.engines.base import KV_CACHE_GIB, EngineOptions
+from embench.layout import LIBRARY_LOG_FILE
 from embench.metrics import format_estimate
 
 
@@ -36,6 +37,7 @@ def generate_command(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Default: for vLLM bfloat16 where the hardware computes it natively, else float32; float32 for hf."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load pickle (.bin/.pt) weights, which can run code."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run modelling code shipped with the checkpoint."),
+    verbose: bool = Verbose,
 ) -> None:
     """Generate samples from a model into a resumable run directory."""
     from embench.api import GenerateSpec, run_generate
@@ -50,7 +52,9 @@ def generate_command(
     def prepare_and_generate(status):
         prepared = spec.prepare(status=status)
         status(f"starting engine {engine}")
-        return run_generate(prepared, progress=lambda done, total: status(f"generating ({engine})", done, total))
+        # without --out the run directory is named once the engine is known: the log goes beside it, in runs/
+        with library_output((prepared.out or Path("runs")) / LIBRARY_LOG_FILE, verbose):
+            return run_generate(prepared, progress=lambda done, total: status(f"generating ({engine})", done, total))
 
     result = with_progress("resolving model", prepare_and_generate)
     console.print(f"[bold]{result.generated}[/] new samples, {result.reused} reused, in "
@@ -77,6 +81,7 @@ def judge_command(
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env"),
     concurrency: int = typer.Option(32, "--concurrency", help="Judge requests in flight (endpoints)."),
     judges_dir: Optional[Path] = JudgesDir,
+    verbose: bool = Verbose,
 ) -> None:
     """Score an existing run with judges, without regenerating anything."""
     from embench.api import JudgeRunSpec, run_judging
@@ -90,8 +95,9 @@ def judge_command(
             console.print(f"{spec.key}: {result.judged} judged, {result.cached} from cache, {result.reused} already "
                           f"done, {result.failed} failed (re-run to retry them)")
 
-        run_judging(prepared, finished=report, progress=lambda spec, done, total: status(
-            f"judging {spec.key} ({prepared.settings.mode})", done, total))
+        with library_output(run_dir / LIBRARY_LOG_FILE, verbose):
+            run_judging(prepared, finished=report, progress=lambda spec, done, total: status(
+                f"judging {spec.key} ({prepared.settings.mode})", done, total))
 
     with_progress("starting judge", judge_all)
     console.print(f"judgments -> [cyan]{run_dir / JUDGMENTS_FILE}[/]")
@@ -113,6 +119,7 @@ def score_command(
     dtype: str = typer.Option("float32", "--dtype", help="Generation dtype. float32 makes a resumed run identical to an uninterrupted one; bfloat16 is faster (and usual on GPUs) but batch-dependent."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    verbose: bool = Verbose,
 ) -> None:
     """Score a checkpoint on an EM suite: generate, judge, compute metrics, write results.json."""
     from embench.score import ScoreSpec, prepare_score, run_score
@@ -123,8 +130,13 @@ def score_command(
                      options=EngineOptions(kv_cache_gib=kv_cache_gib, dtype=dtype), allow_pickle=allow_pickle,
                      trust_remote_code=trust_remote_code)
     started = time.monotonic()
-    scored = with_progress("checking suite, judges and model",
-                           lambda status: run_score(prepare_score(spec), status=status))
+
+    def prepare_and_score(status):
+        prepared = prepare_score(spec)
+        with library_output(prepared.out / LIBRARY_LOG_FILE, verbose):
+            return run_score(prepared, status=status)
+
+    scored = with_progress("checking suite, judges and model", prepare_and_score)
     console.print(f"scored in {time.monotonic() - started:.0f} s -> [cyan]{scored.results_path}[/]")
     _print_results(scored.results)
 
