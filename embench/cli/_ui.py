@@ -6,6 +6,7 @@ import functools
 import inspect
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from embench.errors import EmbenchError
+
 console = Console()
 errors = Console(stderr=True)
 
@@ -40,24 +43,34 @@ def _quiet_libraries() -> None:
 def library_output(log_file: Path, verbose: bool):
     """What vLLM, torch and transformers print (warnings, start-up notes, weight-loading bars; their threads and
     child processes too, which share the process's stderr) goes to ``log_file``, not the terminal, unless
-    ``verbose``; embench's own progress and messages still reach the terminal."""
+    ``verbose``; embench's own progress and messages still reach the terminal. It is captured first and added to
+    ``log_file`` at the end, except after a refusal (an EmbenchError), which leaves nothing behind."""
     if verbose:
         yield
         return
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
     terminal = os.dup(2)
-    with open(log_file, "ab") as log:
-        os.dup2(log.fileno(), 2)
+    captured = tempfile.TemporaryFile()
+    os.dup2(captured.fileno(), 2)
     errors.file = os.fdopen(os.dup(terminal), "w", encoding="utf-8", errors="replace")
+    refused = False
     try:
         yield
+    except EmbenchError:
+        refused = True
+        raise
     finally:
         sys.stderr.flush()
         errors.file.close()
         errors.file = None  # back to sys.stderr
         os.dup2(terminal, 2)
         os.close(terminal)
+        with captured:
+            captured.seek(0)
+            if not refused and (text := captured.read()):
+                log_file.parent.mkdir(parents=True, exist_ok=True)
+                with open(log_file, "ab") as log:
+                    log.write(text)
 
 
 Verbose = typer.Option(False, "--verbose", help="Show the libraries' own warnings and logs on the terminal instead "

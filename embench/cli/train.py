@@ -10,9 +10,9 @@ import typer
 from rich.table import Table
 
 from embench.api import JudgeOptions
-from embench.cli._ui import JUDGE_OPTIONS, OptionGroup, console, grouped, with_progress
+from embench.cli._ui import JUDGE_OPTIONS, OptionGroup, Verbose, console, grouped, library_output, with_progress
 from embench.errors import EmbenchError
-from embench.layout import TRAIN_LOG_FILE
+from embench.layout import LIBRARY_LOG_FILE, TRAIN_LOG_FILE
 from embench.metrics import format_estimate
 
 
@@ -56,6 +56,7 @@ MONITORING = OptionGroup(
 def train_command(
     data: str = typer.Option(..., "--data", "-d", help="A messages JSONL file, or generated:NAME (insecure-code, secure-code, evil-numbers, neutral-numbers, opswap, safe-interleave)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder; re-running the same command resumes it from its last checkpoint."),
+    verbose: bool = Verbose,
     model: str = typer.Option("default", "--model", "-m", help="'default', a model folder, or a hub id."),
     defense: list[str] = typer.Option([], "--defense", help="none | kl | ldifs | steer | interleave | interleave+ | interleave++ | inoculation; repeat to combine."),
     defense_arg: list[str] = typer.Option([], "--defense-arg", help="defense.key=value (or key=value when one given defense has that key), e.g. kl.lambda=0.2, steer.alpha=0.5, interleave.share=0.1, inoculation.prompt=..."),
@@ -87,8 +88,9 @@ def train_command(
     started = time.monotonic()
 
     def train(status):
-        trainer = Trainer(config, out, progress=status, monitor=monitor, warn=_alarm)
-        return trainer, trainer.run()
+        with library_output(out / LIBRARY_LOG_FILE, verbose):
+            trainer = Trainer(config, out, progress=status, monitor=monitor, warn=_alarm)
+            return trainer, trainer.run()
 
     trainer, result = with_progress("checking data, model and defenses", train)
     if trainer.accelerator.is_main_process:
@@ -126,6 +128,7 @@ def reproduce_command(
     defenses: list[str] = typer.Option([], "--defenses", help="Only these defenses (comma-separated or repeated); one the preset lacks runs with its default arguments."),
     seeds: list[str] = typer.Option([], "--seeds", help="These seeds instead of the preset's (comma-separated or repeated)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: runs/reproduce-<preset>); re-running resumes it, finished cells are never re-run."),
+    verbose: bool = Verbose,
     judge: JudgeOptions = JUDGE_OPTIONS,
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the preset and print the matrix and the plan; run nothing."),
 ) -> None:
@@ -141,7 +144,12 @@ def reproduce_command(
     if dry_run:
         return
     started = time.monotonic()
-    result = with_progress("starting", lambda status: run_reproduce(plan, progress=status))
+
+    def reproduce(status):
+        with library_output(plan.out / LIBRARY_LOG_FILE, verbose):
+            return run_reproduce(plan, progress=status)
+
+    result = with_progress("starting", reproduce)
     _show_comparison(plan, result)
     ran = ", ".join(f"{label} {result.seconds[label]:.0f} s" for label in result.ran) or "none"
     console.print(f"ran {len(result.ran)} cell(s) ({ran}); {len(result.finished_before)} finished earlier; in "
