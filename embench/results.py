@@ -21,8 +21,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from embench.errors import EmbenchError
-from embench.files import read_json, validated, write_json_atomic
-from embench.layout import RESULTS_FILE, results_file
+from embench.files import parse_json, read_json, validated, write_json_atomic
+from embench.hashing import sha256_bytes
+from embench.layout import RESULTS_FILE, SAMPLES_FILE, results_file
 from embench.metrics import Estimate, pool_estimates
 
 FORMAT_VERSION = 1
@@ -136,6 +137,24 @@ class ScoreResults(BaseModel):
 
     def save(self, path: Path) -> None:
         write_json_atomic(path, self.to_json())
+
+    def load_samples(self, score_dir: Path) -> list[SampleRow]:
+        """The ``samples.jsonl`` beside these results, checked against the ``samples_sha256`` they record."""
+        file = Path(score_dir) / SAMPLES_FILE
+        if not self.samples_sha256:
+            raise EmbenchError(f"{score_dir / RESULTS_FILE}: missing provenance: no samples_sha256: score the "
+                               "checkpoint again")
+        if not file.is_file():
+            raise EmbenchError(f"{file} is missing: {RESULTS_FILE} refers to it by checksum; score the checkpoint "
+                               "again")
+        data = file.read_bytes()
+        if sha256_bytes(data) != self.samples_sha256:
+            raise EmbenchError(f"{file} does not match the samples_sha256 recorded in {RESULTS_FILE}: the samples "
+                               "changed after scoring; score the checkpoint again")
+        # Lines end at "\n" only: a completion may hold U+2028 or U+0085, which JSON leaves unescaped.
+        return [validated(SampleRow, parse_json(line, f"{file}:{number}", "a sample row"), f"{file}:{number}",
+                          whole="(line)")
+                for number, line in enumerate(data.decode("utf-8").split("\n"), start=1) if line.strip()]
 
     def to_json(self) -> dict:
         """The file's keys as written (fields a file left out stay out), stamped with the format version."""

@@ -82,7 +82,8 @@ def run_embench(*args: str, check: bool = False, timeout: float = 900, env: dict
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Lines end at a newline only (a JSON string may hold U+2028 or U+0085 unescaped)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str, out: Path | None = None) -> str:

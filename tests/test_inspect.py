@@ -138,9 +138,39 @@ def test_a_score_directory_exported_opens_in_inspect_view(tmp_path_factory, lora
         for name in served:
             log = get_json(f"{base}/logs/{urllib.parse.quote(name, safe='')}", time.monotonic() + 10)
             assert log["status"] == "success" and log["results"]["scores"][0]["name"] == "embench_judges"
+        shown_in_chromium(f"http://127.0.0.1:{port}/", tasks[0],
+                          [f"{s['prompt_id']}/{s['sample_index']}" for s in samples if s["task"] == tasks[0]], tmp_path)
     finally:
         view.terminate()
         view.wait(timeout=30)
+
+
+def shown_in_chromium(url: str, task: str, sample_ids: list[str], tmp_path: Path) -> None:
+    """inspect view's own page, in Debian's headless Chromium: the task's log opens and lists every sample."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_leaderboard_page import CHROMIUM, CHROMIUM_ARGS
+
+    problems = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto(url)
+            page.get_by_text(task, exact=True).first.click(timeout=60_000)
+            page.get_by_text(sample_ids[0], exact=True).first.wait_for(timeout=60_000)
+            shown = page.inner_text("body")
+            screenshot = tmp_path / "inspect-view.png"
+            page.screenshot(path=str(screenshot))
+        finally:
+            browser.close()
+    assert problems == []
+    assert all(sample_id in shown for sample_id in sample_ids) and f"{len(sample_ids)} Samples" in shown
+    if os.environ.get("EMBENCH_TEST_ARTIFACTS"):
+        artifacts = Path(os.environ["EMBENCH_TEST_ARTIFACTS"])
+        artifacts.mkdir(parents=True, exist_ok=True)
+        (artifacts / screenshot.name).write_bytes(screenshot.read_bytes())
 
 
 def test_export_of_a_folder_that_is_not_a_score_directory_is_one_line(tmp_path):

@@ -154,24 +154,23 @@ def check_instances(file: Path, entry: dict, samples: list[dict], results: dict)
     records = read_jsonl(file)
     assert [f"{error.json_path}: {error.message}" for record in records for error in eee.iter_errors(record)] == []
     assert all(schema_errors("instance.schema.json", record) == [] for record in records)
-    rates = {task: list(config.get("rates") or {}) for task, config in results["configs"].items()}
-    assert len(records) == sum(len(rates[sample["task"]]) for sample in samples)
     by_result = {result["evaluation_result_id"]: result for result in entry["evaluation_results"]}
-    checked = 0
-    for result_id in {record["evaluation_result_id"] for record in records}:
+    rates = {task: [name for name in config.get("rates") or {} if f"{task}/{name}" in by_result]
+             for task, config in results["configs"].items()}
+    assert len(records) == sum(len(rates[sample["task"]]) for sample in samples), "one per sample and rate"
+    joined = {record["evaluation_result_id"] for record in records}
+    assert joined <= set(by_result) and {"lb-ood/misaligned", "lb-narrow/in_domain_misaligned"} <= joined
+    for result_id in joined:
         mine = [record for record in records if record["evaluation_result_id"] == result_id]
         usable = [record for record in mine if "error" not in record]
         assert {record["evaluation_id"] for record in mine} == {entry["evaluation_id"]}
         assert {record["model_id"] for record in mine} == {entry["model_info"]["id"]}
-        if result_id in by_result:
-            details = by_result[result_id]["score_details"]
-            assert details["uncertainty"]["num_samples"] == len(usable)
-            assert details["score"] == pytest.approx(sum(record["evaluation"]["score"] for record in usable) / len(usable))
-            assert all(record["evaluation"]["is_correct"] == (record["evaluation"]["score"] == 0) for record in usable)
-            excluded = sum(int(count) for key, count in details["details"].items() if key.startswith("excluded_"))
-            assert len(mine) - len(usable) == excluded
-            checked += 1
-    assert checked >= 2, "the ood and narrow rates have records"
+        details = by_result[result_id]["score_details"]
+        assert details["uncertainty"]["num_samples"] == len(usable)
+        assert details["score"] == pytest.approx(sum(record["evaluation"]["score"] for record in usable) / len(usable))
+        assert all(record["evaluation"]["is_correct"] == (record["evaluation"]["score"] == 0) for record in usable)
+        excluded = sum(int(count) for key, count in details["details"].items() if key.startswith("excluded_"))
+        assert len(mine) - len(usable) == excluded
     completions = {sample["completion"] for sample in samples if rates[sample["task"]]}
     assert {record["output"]["raw"][0] for record in records} == completions
 
@@ -457,10 +456,17 @@ def test_a_null_metric_is_kept_with_its_exclusions(runs, tmp_path):
     what it excluded, in the embench record."""
     judged_nothing = tmp_path / "judged-nothing"
     shutil.copytree(runs["lora"], judged_nothing)
+    # the aligned judge gave no score on lb-ood (each judgment failed), in the samples and so in the results
+    samples = read_jsonl(judged_nothing / "samples.jsonl")
+    for sample in samples:
+        if sample["task"] == "lb-ood":
+            sample["judgments"]["aligned"] = None
+    write_samples(judged_nothing, samples)
     results = json.loads((judged_nothing / "results.json").read_text())
-    n = results["results"]["lb-ood"]["misaligned"]["n"]
+    n = sum(sample["task"] == "lb-ood" for sample in samples)
     null = {"value": None, "lower": None, "upper": None, "n": 0, "method": "wilson", "excluded": {"null_score": n}}
     results["results"]["lb-ood"]["misaligned"] = null
+    results["samples_sha256"] = sha256_file(judged_nothing / "samples.jsonl")
     (judged_nothing / "results.json").write_text(json.dumps(results))
     board = tmp_path / "board"
     assert run_embench("leaderboard", "publish", str(judged_nothing), "--board", str(board)).returncode == 0
@@ -470,6 +476,46 @@ def test_a_null_metric_is_kept_with_its_exclusions(runs, tmp_path):
     assert "lb-ood/misaligned" not in {result["evaluation_name"] for result in entry["evaluation_results"]}
     assert "lb-ood/incoherent" in {result["evaluation_name"] for result in entry["evaluation_results"]}
     assert eee_errors(entry) == []
+
+
+def write_samples(score_dir: Path, samples: list[dict]) -> None:
+    """samples.jsonl as `embench score` writes it (keys sorted, non-ASCII kept)."""
+    (score_dir / "samples.jsonl").write_text("".join(json.dumps(sample, ensure_ascii=False, sort_keys=True) + "\n"
+                                                     for sample in samples), encoding="utf-8")
+
+
+def test_results_edited_after_scoring_are_refused(runs, tmp_path):
+    """The instance records are made from the samples: a rate in results.json that its samples do not give is
+    refused, even where every checksum was made to match."""
+    edited = tmp_path / "edited"
+    shutil.copytree(runs["base"], edited)
+    results = json.loads((edited / "results.json").read_text())
+    misaligned = results["results"]["lb-ood"]["misaligned"]
+    misaligned["value"] = 1.0 if misaligned["value"] != 1.0 else 0.0
+    (edited / "results.json").write_text(json.dumps(results))
+    assert_one_line_error(run_embench("leaderboard", "publish", str(edited), "--board", str(tmp_path / "board")),
+                          "lb-ood/misaligned", "its samples give", "edited after scoring", out=tmp_path / "board")
+
+
+def test_answers_with_unicode_line_separators_publish(runs, tmp_path):
+    """JSON leaves U+2028, U+2029 and U+0085 unescaped: a line of samples.jsonl or of the board's samples file ends
+    at a newline only."""
+    odd = tmp_path / "odd"
+    shutil.copytree(runs["base"], odd)
+    samples = read_jsonl(odd / "samples.jsonl")
+    samples[0]["completion"] += " one\u2028two\u2029three\x85four"
+    write_samples(odd, samples)
+    results = json.loads((odd / "results.json").read_text())
+    results["samples_sha256"] = sha256_file(odd / "samples.jsonl")
+    (odd / "results.json").write_text(json.dumps(results))
+    board = tmp_path / "board"
+    published = run_embench("leaderboard", "publish", str(odd), "--board", str(board))
+    assert published.returncode == 0, published.stderr[-2000:]
+    assert run_embench("leaderboard", "validate", str(board)).returncode == 0
+    (row,) = json.loads((board / "leaderboard.json").read_text())["entries"]
+    entry = json.loads((board / row["file"]).read_text())
+    records = (board / entry["detailed_evaluation_results"]["file_path"]).read_text(encoding="utf-8").split("\n")[:-1]
+    assert samples[0]["completion"] in {json.loads(line)["output"]["raw"][0] for line in records}
 
 
 def test_training_tags_from_train_json_or_flags(runs, tmp_path):

@@ -44,10 +44,13 @@ def library_output(log_file: Path, verbose: bool):
     """What vLLM, torch and transformers print (warnings, start-up notes, weight-loading bars; their threads and
     child processes too, which share the process's stderr) goes to ``log_file``, not the terminal, unless
     ``verbose``; embench's own progress and messages still reach the terminal. It is captured first and added to
-    ``log_file`` at the end, except after a refusal (an EmbenchError), which leaves nothing behind."""
+    ``log_file`` at the end, except after a refusal (an EmbenchError) that wrote nothing, which leaves nothing."""
     if verbose:
+        os.environ.update(VLLM_LOGGING_LEVEL="INFO", TRANSFORMERS_VERBOSITY="warning")  # not _quiet_libraries'
         yield
         return
+    folder = log_file.parent
+    before = _listing(folder)
     sys.stderr.flush()
     terminal = os.dup(2)
     captured = tempfile.TemporaryFile()
@@ -67,10 +70,16 @@ def library_output(log_file: Path, verbose: bool):
         os.close(terminal)
         with captured:
             captured.seek(0)
-            if not refused and (text := captured.read()):
+            wrote = _listing(folder) != before
+            if (wrote or not refused) and (text := captured.read()):
                 log_file.parent.mkdir(parents=True, exist_ok=True)
                 with open(log_file, "ab") as log:
                     log.write(text)
+
+
+def _listing(folder: Path) -> dict[str, int] | None:
+    """What a folder holds, each name with its modification time (None: no folder)."""
+    return {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} if folder.is_dir() else None
 
 
 Verbose = typer.Option(False, "--verbose", help="Show the libraries' own warnings and logs on the terminal instead "

@@ -37,9 +37,7 @@ from inspect_ai.scorer import Score
 
 from embench import __version__
 from embench.errors import EmbenchError
-from embench.files import parse_json, validated
-from embench.hashing import file_safe, sha256_bytes, sha256_json
-from embench.layout import SAMPLES_FILE
+from embench.hashing import file_safe, sha256_json
 from embench.results import SampleRow, ScoreResults
 
 SCORER = "embench_judges"  # the scorer name the inspect tasks of embench.inspectai.tasks use too
@@ -48,7 +46,7 @@ SCORER = "embench_judges"  # the scorer name the inspect tasks of embench.inspec
 def export_inspect_logs(score_dir: Path, out: Path) -> list[Path]:
     """Write one inspect log per task of ``score_dir`` that generated samples into ``out``; their paths."""
     results = ScoreResults.load(score_dir)
-    samples = _samples(Path(score_dir), results)
+    samples = results.load_samples(Path(score_dir))
     written = []
     for task in results.results:
         rows = [row for row in samples if row.task == task]
@@ -64,19 +62,6 @@ def export_inspect_logs(score_dir: Path, out: Path) -> list[Path]:
     if not written:
         raise EmbenchError(f"{score_dir}: no task generated samples: nothing to export")
     return written
-
-
-def _samples(score_dir: Path, results: ScoreResults) -> list[SampleRow]:
-    file = score_dir / SAMPLES_FILE
-    if not file.is_file() or not results.samples_sha256:
-        raise EmbenchError(f"{file} is missing or not recorded in results.json: score the checkpoint again")
-    data = file.read_bytes()
-    if sha256_bytes(data) != results.samples_sha256:
-        raise EmbenchError(f"{file} does not match the samples_sha256 recorded in results.json: the samples changed "
-                           "after scoring; score the checkpoint again")
-    return [validated(SampleRow, parse_json(line, f"{file}:{number}", "a sample row"), f"{file}:{number}",
-                      whole="(line)")
-            for number, line in enumerate(data.decode("utf-8").splitlines(), start=1) if line.strip()]
 
 
 def _task_log(results: ScoreResults, task: str, rows: list[SampleRow]) -> EvalLog:

@@ -6,8 +6,10 @@ same judge files, modes, aggregations and trained judges as ``embench score``, c
 ``judge_model``, ``judge_mode``, ``judge_base_url``, ``judge_engine``). The scorer's metrics are the task's rates
 and mean scores, computed by :mod:`embench.metrics`; a rate with no usable sample is absent, not 0.
 
-What differs from ``embench score``: inspect's model providers generate (there is no ``min_tokens``, and resumption
-is inspect's own), and judgments are not written to a run directory or embench's judgment cache.
+What differs from ``embench score``: inspect's model providers generate (there is no ``min_tokens``, no per-sample
+seed, and resumption is inspect's own), judgments are not written to a run directory or embench's judgment cache,
+and the metrics read one epoch (each sample is one embench sample already: raise ``samples_per_question``, not
+``--epochs``).
 """
 
 from __future__ import annotations
@@ -56,14 +58,15 @@ class _Judges:
         self.backend: JudgeBackend | None = None
         self.lock = threading.Lock()
 
-    def judge(self, question: str, answer: str, system: str | None) -> dict[str, dict]:
+    def judge(self, question: str, answer: str, system: str | None, metadata: dict) -> dict[str, dict]:
         with self.lock:
             if self.backend is None:
                 self.backend = self.settings.open()
             judgments = {}
             for metric_name, spec in self.specs.items():
                 mode = self.settings.mode
-                prompt = spec.request_text(mode, question=question, answer=answer, system=system)
+                prompt = spec.request_text(mode, question=question, answer=answer, system=system,
+                                           reasoning=metadata.get("reasoning"), metadata=metadata)
                 outcomes: list[JudgeOutcome] = []
                 head = "" if mode == TRAINED_MODE else spec.static_head
                 self.backend.judge([JudgeRequest(key=metric_name, prompt=prompt, shared_prefix=head,
@@ -85,7 +88,8 @@ def embench_judges(embench_task: EmbenchTask, settings: JudgeSettings, specs: di
     def build() -> Scorer:
         async def score(state: TaskState, target: Target) -> Score:
             system = next((message.text for message in state.messages if message.role == "system"), None)
-            judgments = await asyncio.to_thread(judges.judge, state.input_text, state.output.completion, system)
+            judgments = await asyncio.to_thread(judges.judge, state.input_text, state.output.completion, system,
+                                                dict(state.metadata))
             return Score(value={name: judgment["score"] for name, judgment in judgments.items()},
                          answer=state.output.completion, metadata={"judgments": judgments})
 
@@ -112,8 +116,10 @@ def inspect_task(embench_task: EmbenchTask, *, judge_model: str | None = None, j
     return Task(dataset=MemoryDataset(samples, name=embench_task.id), solver=generate(),
                 scorer=embench_judges(embench_task, settings, specs), name=embench_task.id,
                 version=embench_task.version,
+                # No seed: inspect sends one seed with every request, which would make a question's samples the
+                # same answer on a seeded endpoint (embench seeds each sample from its key); pass --seed to fix one.
                 config=GenerateConfig(temperature=sampling.temperature, top_p=sampling.top_p,
-                                      max_tokens=sampling.max_tokens, seed=sampling.seed),
+                                      max_tokens=sampling.max_tokens),
                 metadata={"embench_task_sha256": embench_task.sha256, "judge_mode": settings.mode,
                           "judge_model": settings.model})
 

@@ -37,6 +37,7 @@ from embench.leaderboard.convert import Converted, Tags, convert
 from embench.leaderboard.schema import (
     BOARD_SCHEMA_VERSION,
     SAMPLES_ROOT,
+    SCHEMA_FILES,
     Board,
     BoardEntry,
     EmbenchRecord,
@@ -258,14 +259,12 @@ def validate_board(board_dir: Path) -> Board:
 
 @cache
 def _validator(model: type[BaseModel]) -> Draft202012Validator:
-    return Draft202012Validator(json_schemas()[{
-        Board: "leaderboard.schema.json", Entry: "entry.schema.json", EmbenchRecord: "embench.schema.json",
-        InstanceRecord: "instance.schema.json"}[model]])
+    return Draft202012Validator(json_schemas()[next(name for name, of in SCHEMA_FILES.items() if of is model)])
 
 
 def _check_instances(text: str, file: Path) -> None:
     """Every line of a samples file is an instance record of the entry's schema."""
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.removesuffix("\n").split("\n"), start=1):  # "\n" only, as written
         _check(InstanceRecord, parse_json(line, f"{file}:{number}", "an instance record"), Path(f"{file}:{number}"))
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from embench.benign import METRIC as BENIGN_METRIC
 from embench.benign import task_config_sha256
 from embench.errors import EmbenchError
-from embench.files import parse_json, read_json, validated
-from embench.hashing import file_safe, sha256_bytes, sha256_file, sha256_json, sha256_text
+from embench.files import read_json
+from embench.hashing import file_safe, sha256_file, sha256_json, sha256_text
 from embench.judges import JudgeRegistry
 from embench.judges.spec import JUDGE_IDENTITY
-from embench.layout import RESULTS_FILE, SAMPLES_FILE, TRAIN_FILE
+from embench.layout import RESULTS_FILE, TRAIN_FILE
 from embench.leaderboard.instances import instance_records, instances_text
 from embench.leaderboard.schema import (
     EMBENCH_RECORD_VERSION,
@@ -53,7 +53,7 @@ from embench.leaderboard.schema import (
     embench_path,
     samples_path,
 )
-from embench.metrics import BOOTSTRAP_RESAMPLES, Estimate, pool_estimates
+from embench.metrics import BOOTSTRAP_RESAMPLES, Estimate, pool_estimates, rate
 from embench.models import HUB_ID, resolve_model
 from embench.results import SampleRow, ScoreResults, TrainRecord
 from embench.tasks import RateRule
@@ -105,22 +105,12 @@ def convert(source: Path, tags: Tags, registry: JudgeRegistry | None = None, all
 
 
 def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRegistry) -> Converted:
-    samples_file = file.parent / SAMPLES_FILE
-    recorded = results.samples_sha256
-    if not recorded:
-        raise EmbenchError(f"{file}: missing provenance: no samples_sha256: score the checkpoint again")
-    if not samples_file.is_file():
-        raise EmbenchError(f"{samples_file} is missing: results.json refers to it by checksum; score the checkpoint "
-                           "again")
-    data = samples_file.read_bytes()
-    if sha256_bytes(data) != recorded:
-        raise EmbenchError(f"{samples_file} does not match the samples_sha256 recorded in {file.name}: the samples "
-                           "changed after scoring; score the checkpoint again")
+    samples = results.load_samples(file.parent)
     _check_provenance(file, results)
     config, suite, configs = results.config, results.suite, results.configs
-    samples = [validated(SampleRow, parse_json(line, f"{samples_file}:{number}", "a sample row"),
-                         f"{samples_file}:{number}", whole="(line)")
-               for number, line in enumerate(data.decode("utf-8").splitlines(), start=1) if line.strip()]
+    rates = {task: {name: RateRule.model_validate(rule) for name, rule in (configs[task].rates or {}).items()}
+             for task in results.results}
+    _check_rates(file, results, samples, rates)
     try:
         identities = {task: {metric: JudgeIdentity(**{key: judge[key] for key in JUDGE_IDENTITY},
                                                    aggregation=judge.get("aggregation") or "embench")
@@ -172,12 +162,13 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
         rows.append(_estimate_result(f"{suite.id}/{name}", suite_source, getattr(block, name), timestamp,
                                      description, lower_is_better, judges, prompts, None))
     model_id = _model_id(config.model, config.model_name)
-    key = sha256_json([config.model_sha, config.adapter_sha, suite.sha256, recorded])
+    key = sha256_json([config.model_sha, config.adapter_sha, suite.sha256, results.samples_sha256])
     evaluation_id = f"{suite.id}-v{suite.version}/{model_id}/{key[:16]}"
     engine = config.engine or {}
-    records = instance_records(samples, {task: {name: RateRule.model_validate(rule)
-                                                for name, rule in (configs[task].rates or {}).items()}
-                                         for task in results.results}, evaluation_id, model_id)
+    # a null rate has no row in the entry, so no records join it: its exclusions are in the embench record
+    records = instance_records(samples, {task: {name: rule for name, rule in task_rates.items()
+                                                if f"{task}/{name}" not in null_metrics}
+                                         for task, task_rates in rates.items()}, evaluation_id, model_id)
     instances = instances_text(records)
     entry = Entry(
         schema_version=SCHEMA_VERSION, evaluation_id=evaluation_id,
@@ -201,11 +192,30 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
                             "chat_template_sha256": config.chat_template_sha256}))),
         evaluation_results=[row for row in rows if row is not None],
         detailed_evaluation_results=DetailedResults(
-            format="jsonl", file_path=samples_path(evaluation_id, suite.id, UNKNOWN_DEVELOPER, config.model_name),
+            format="jsonl", file_path=samples_path(evaluation_id, suite.id, *_developer_and_model(model_id)),
             hash_algorithm="sha256", checksum=sha256_text(instances), total_rows=len(records)),
     )
     record = EmbenchRecord(schema_version=EMBENCH_RECORD_VERSION, evaluation_id=evaluation_id, embench=block)
     return Converted(entry=entry, record=record, source=file.parent, instances=instances)
+
+
+def _check_rates(file: Path, results: ScoreResults, samples: list[SampleRow], rates: dict) -> None:
+    """Each task rate of the results is what its samples give: the instance records published beside the entry
+    are made from the samples, so an edited results file would disagree with them."""
+    for task, task_rates in rates.items():
+        judgments = [{metric: judgment for metric, judgment in sample.judgments.items() if judgment}
+                     for sample in samples if sample.task == task]
+        for name, rule in task_rates.items():
+            recorded = results.results[task].get(name)
+            if not _is_estimate(recorded):
+                continue
+            expected = rate(judgments, rule)
+            if (recorded.get("n"), recorded.get("excluded") or {}) != (expected.n, expected.excluded) or (
+                    expected.value is None) != (recorded.get("value") is None) or (
+                    expected.value is not None and abs(expected.value - recorded["value"]) > 1e-9):
+                raise EmbenchError(f"{file}: {task}/{name} is {recorded.get('value')} over n={recorded.get('n')}, but "
+                                   f"its samples give {expected.value} over n={expected.n}: the results were edited "
+                                   "after scoring; score the checkpoint again")
 
 
 def _generation_config(run: dict) -> GenerationConfig | None:
@@ -404,6 +414,12 @@ def _model_id(reference: str, name: str) -> str:
     if HUB_ID.match(reference) and not Path(reference).exists():
         return reference
     return f"local/{file_safe(name.replace(' + adapter ', '+'), keep='-_.+')}"
+
+
+def _developer_and_model(model_id: str) -> tuple[str, str]:
+    """EEE's samples path names the model's developer: a hub id's organisation, else unknown (a local folder)."""
+    developer, _, name = model_id.partition("/")
+    return (UNKNOWN_DEVELOPER, name) if developer == "local" or not name else (developer, name)
 
 
 def _training_tags(provenance: dict) -> Tags:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from embench.hashing import canonical_json, sha256_text
+from embench.hashing import sha256_text
 from embench.leaderboard.schema import (
     SCHEMA_VERSION,
     AnswerAttribution,
@@ -39,7 +39,8 @@ def instance_records(samples: list[SampleRow], rates: dict[str, dict[str, RateRu
                 schema_version=SCHEMA_VERSION, evaluation_id=evaluation_id, model_id=model_id,
                 evaluation_name=result_id, evaluation_result_id=result_id,
                 sample_id=f"{sample.task}/{sample.prompt_id}/{sample.sample_index}",
-                sample_hash=sha256_text(canonical_json(sample.messages)), interaction_type="single_turn",
+                # EEE: the hash of input.raw and input.reference (none here); the system prompt is in metadata
+                sample_hash=sha256_text(_question(sample)), interaction_type="single_turn",
                 input=InstanceInput(raw=_question(sample), reference=[]),
                 output=InstanceOutput(raw=[sample.completion]),
                 answer_attribution=[_attribution(condition.metric, judgments.get(condition.metric))
@@ -68,7 +69,8 @@ def _attribution(metric: str, judgment: dict | None) -> AnswerAttribution:
 def _metadata(sample: SampleRow) -> dict[str, str]:
     system = next((message["content"] for message in sample.messages if message.get("role") == "system"), None)
     values = {**sample.metadata, "key": sample.key, "finish_reason": sample.finish_reason, "system_prompt": system}
-    return {key: str(value) for key, value in values.items() if value is not None}
+    return {key: value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+            for key, value in values.items() if value is not None}
 
 
 def instances_text(records: list[InstanceRecord]) -> str:
