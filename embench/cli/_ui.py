@@ -78,8 +78,12 @@ def library_output(log_file: Path, verbose: bool):
 
 
 def _listing(folder: Path) -> dict[str, int] | None:
-    """What a folder holds, each name with its modification time (None: no folder)."""
-    return {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} if folder.is_dir() else None
+    """What a folder holds, each name with its modification time (None: no folder, or a path that cannot be one,
+    such as a name over the file-name limit, which the command itself refuses)."""
+    try:
+        return {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    except OSError:
+        return None
 
 
 Verbose = typer.Option(False, "--verbose", help="Show the libraries' own warnings and logs on the terminal instead "
