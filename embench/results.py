@@ -85,6 +85,10 @@ class SampleRow(BaseModel):
     metadata: dict[str, Any] = {}
     judgments: dict[str, dict[str, Any] | None]
 
+    def judged(self) -> dict[str, dict[str, Any]]:
+        """The judgments the rate and mean rules read: metric -> judgment, for the metrics that have one."""
+        return {metric: judgment for metric, judgment in self.judgments.items() if judgment}
+
 
 class Headline(BaseModel):
     em_rate: Estimate | None

@@ -132,9 +132,9 @@ def _from_score(file: Path, results: ScoreResults, tags: Tags, registry: JudgeRe
         for name, value in metrics.items():
             if not _is_estimate(value):
                 continue
-            rule = (task_config.rates or {}).get(name)
-            used = [condition["metric"] for condition in rule["all"]] if rule else [name.removesuffix("_mean")]
-            description = RateRule.model_validate(rule).describe() if rule else f"mean {used[0]} judge score (0-100, higher is better)"
+            rule = rates[task].get(name)
+            used = [condition.metric for condition in rule.all] if rule else [name.removesuffix("_mean")]
+            description = rule.describe() if rule else f"mean {used[0]} judge score (0-100, higher is better)"
             estimate = Estimate(**value)
             if estimate.value is None:
                 null_metrics[f"{task}/{name}"] = estimate
@@ -203,8 +203,7 @@ def _check_rates(file: Path, results: ScoreResults, samples: list[SampleRow], ra
     """Each task rate of the results is what its samples give: the instance records published beside the entry
     are made from the samples, so an edited results file would disagree with them."""
     for task, task_rates in rates.items():
-        judgments = [{metric: judgment for metric, judgment in sample.judgments.items() if judgment}
-                     for sample in samples if sample.task == task]
+        judgments = [sample.judged() for sample in samples if sample.task == task]
         for name, rule in task_rates.items():
             recorded = results.results[task].get(name)
             if not _is_estimate(recorded):

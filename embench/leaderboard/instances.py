@@ -30,7 +30,7 @@ def instance_records(samples: list[SampleRow], rates: dict[str, dict[str, RateRu
     """The records of every sample under each rate of its task (``rates``: task -> rate name -> rule)."""
     records = []
     for sample in samples:
-        judgments = {metric: judgment for metric, judgment in sample.judgments.items() if judgment}
+        judgments = sample.judged()
         for name, rule in rates.get(sample.task, {}).items():
             outcome = sample_outcome(judgments, rule)
             counted = outcome is True
