@@ -263,10 +263,16 @@ def validated(model: type[Model], data, where: str, whole: str = "(file)") -> Mo
         raise EmbenchError(f"{where}: field '{field or whole}': {message}") from None
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of JSON Lines text (none in an empty one). They end at a newline only: a JSON string may hold
+    U+2028, U+2029 or U+0085 unescaped, where ``str.splitlines`` would cut a line in two."""
+    return text.removesuffix("\n").split("\n") if text else []
+
+
 def read_jsonl(path: Path, what: str) -> list[tuple[int, Any]]:
     """Each non-empty line of a JSON Lines file parsed, with its line number; a problem names file and line."""
     return [(number, parse_json(line, f"{path}:{number}", what))
-            for number, line in enumerate(read_text(path, what).splitlines(), start=1) if line.strip()]
+            for number, line in enumerate(jsonl_lines(read_text(path, what)), start=1) if line.strip()]
 
 
 def read_jsonl_models(path: Path, model: type[Model], fields: str) -> list[tuple[int, Model]]:

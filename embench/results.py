@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from embench.errors import EmbenchError
-from embench.files import parse_json, read_json, validated, write_json_atomic
+from embench.files import jsonl_lines, parse_json, read_json, validated, write_json_atomic
 from embench.hashing import sha256_bytes
 from embench.layout import RESULTS_FILE, SAMPLES_FILE, results_file
 from embench.metrics import Estimate, pool_estimates
@@ -155,10 +155,9 @@ class ScoreResults(BaseModel):
         if sha256_bytes(data) != self.samples_sha256:
             raise EmbenchError(f"{file} does not match the samples_sha256 recorded in {RESULTS_FILE}: the samples "
                                "changed after scoring; score the checkpoint again")
-        # Lines end at "\n" only: a completion may hold U+2028 or U+0085, which JSON leaves unescaped.
         return [validated(SampleRow, parse_json(line, f"{file}:{number}", "a sample row"), f"{file}:{number}",
                           whole="(line)")
-                for number, line in enumerate(data.decode("utf-8").split("\n"), start=1) if line.strip()]
+                for number, line in enumerate(jsonl_lines(data.decode("utf-8")), start=1) if line.strip()]
 
     def to_json(self) -> dict:
         """The file's keys as written (fields a file left out stay out), stamped with the format version."""

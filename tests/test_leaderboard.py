@@ -478,6 +478,42 @@ def test_a_null_metric_is_kept_with_its_exclusions(runs, tmp_path):
     assert eee_errors(entry) == []
 
 
+def test_a_score_with_every_rate_null_publishes_an_empty_samples_file(runs, tmp_path):
+    """Where every judgment failed, no rate has a row for instance records to join: the entry publishes with an
+    empty samples file (0 rows), and the board validates."""
+    from embench.metrics import mean_score, rate
+    from embench.tasks import RateRule
+
+    judged_nothing = tmp_path / "judged-nothing"
+    shutil.copytree(runs["lora"], judged_nothing)
+    samples = read_jsonl(judged_nothing / "samples.jsonl")
+    for sample in samples:
+        sample["judgments"] = {metric: None for metric in sample["judgments"]}
+    write_samples(judged_nothing, samples)
+    results = json.loads((judged_nothing / "results.json").read_text())
+    for task, config in results["configs"].items():
+        if not config.get("rates"):
+            continue
+        views = [{} for sample in samples if sample["task"] == task]
+        for name, rule in config["rates"].items():
+            results["results"][task][name] = rate(views, RateRule.model_validate(rule)).model_dump()
+        for metric in config["judges"]:
+            results["results"][task][f"{metric}_mean"] = mean_score(views, metric).model_dump()
+    results["samples_sha256"] = sha256_file(judged_nothing / "samples.jsonl")
+    (judged_nothing / "results.json").write_text(json.dumps(results))
+    board = tmp_path / "board"
+    result = run_embench("leaderboard", "publish", str(judged_nothing), "--board", str(board))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads((board / "leaderboard.json").read_text())["entries"]
+    entry = json.loads((board / row["file"]).read_text())
+    details = entry["detailed_evaluation_results"]
+    assert details["total_rows"] == 0 and (board / details["file_path"]).read_text() == ""
+    rated = {f"{task}/{name}" for task, config in results["configs"].items() for name in (config.get("rates") or {})}
+    assert rated and rated <= set(record_of(board, row)["null_metrics"])
+    assert eee_errors(entry) == []
+    assert run_embench("leaderboard", "validate", str(board)).returncode == 0
+
+
 def write_samples(score_dir: Path, samples: list[dict]) -> None:
     """samples.jsonl as `embench score` writes it (keys sorted, non-ASCII kept)."""
     (score_dir / "samples.jsonl").write_text("".join(json.dumps(sample, ensure_ascii=False, sort_keys=True) + "\n"

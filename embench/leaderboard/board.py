@@ -21,6 +21,7 @@ from embench.errors import EmbenchError
 from embench.files import (
     LOCK_FILE,
     FolderLock,
+    jsonl_lines,
     now,
     parse_json,
     read_json,
@@ -264,7 +265,7 @@ def _validator(model: type[BaseModel]) -> Draft202012Validator:
 
 def _check_instances(text: str, file: Path) -> None:
     """Every line of a samples file is an instance record of the entry's schema."""
-    for number, line in enumerate(text.removesuffix("\n").split("\n"), start=1):  # "\n" only, as written
+    for number, line in enumerate(jsonl_lines(text), start=1):
         _check(InstanceRecord, parse_json(line, f"{file}:{number}", "an instance record"), Path(f"{file}:{number}"))
 
 
