@@ -55,13 +55,14 @@ def make_checkpoints(base, folder: Path, count: int) -> list[Path]:
 
 def worker(dtype: str, traits: Path, checkpoints: list[Path], work: Path) -> dict:
     from embench.models import load_causal_lm, resolve_model
-    from embench.traits.monitor import load_trait_set, monitor_checkpoints, read_layers, trait_drift
+    from embench.traits.monitor import MonitorSpec, run_monitor
+    from embench.traits.readings import load_trait_set, read_layers, trait_drift
 
     started = time.perf_counter()
-    first = monitor_checkpoints(checkpoints, traits, out=work / f"out-{dtype}", dtype=dtype)
+    first = run_monitor(MonitorSpec(tuple(checkpoints), traits, out=work / f"out-{dtype}", dtype=dtype).prepare())
     first_s = time.perf_counter() - started
     started = time.perf_counter()
-    again = monitor_checkpoints(checkpoints, traits, out=work / f"out-{dtype}", dtype=dtype)
+    again = run_monitor(MonitorSpec(tuple(checkpoints), traits, out=work / f"out-{dtype}", dtype=dtype).prepare())
     cached_s = time.perf_counter() - started
     assert again.report.timings["measured_checkpoints"] == 0
     trait_set = load_trait_set(traits, resolve_model("default"))

@@ -35,7 +35,7 @@ def trainer_for(name: str, steps: int, work: Path):
 
     from embench.train.config import TrainConfig
     from embench.train.defenses import parse_defenses
-    from embench.train.trainer import Trainer
+    from embench.train.trainer import Trainer, TrainSpec
 
     vector, safe = work / "vector.safetensors", work / "safe.jsonl"
     if not vector.exists():
@@ -49,7 +49,7 @@ def trainer_for(name: str, steps: int, work: Path):
     config = TrainConfig(data="generated:insecure-code", data_size=64, batch_size=8, warmup_steps=0, max_steps=steps,
                          dtype="bfloat16" if name.endswith("-bf16") else "float32",
                          defenses=parse_defenses([name.removesuffix("-bf16")], arguments))
-    trainer = Trainer(config, work / f"run-{name}")
+    trainer = Trainer(TrainSpec(config, work / f"run-{name}").prepare())
     trainer.setup()
     for defense in trainer.defenses:
         defense.install(trainer.network)

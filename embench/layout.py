@@ -14,7 +14,8 @@ from pydantic import Field
 
 # An id that names a folder (a task's run directory, a suite's score directory): letters, digits, '.', '_', '-',
 # starting with a letter or digit, so that no id can climb out of its parent ('../x') or pass the file-name limit.
-FolderId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)]
+FOLDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+FolderId = Annotated[str, Field(pattern=FOLDER_ID_PATTERN, max_length=128)]
 
 # A run directory (`embench generate`, and each task of a score directory): config and provenance, records.
 RUN_FILE = "run.json"
@@ -32,6 +33,7 @@ TASKS_DIR = "tasks"
 TRAIN_FILE = "train.json"
 TRAIN_LOG_FILE = "train_log.jsonl"
 TRAINER_STATE_FILE = "trainer_state.json"  # only in checkpoint-STEP/ folders
+TRAINER_TENSORS_FILE = "trainer_state.safetensors"  # AdamW moments and RNG state, beside it
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -44,6 +46,7 @@ REPRODUCE_FILE = "reproduce.json"
 CELL_FILE = "cell.json"
 SUITE_FILE = "suite.yaml"
 REPRODUCE_BOARD_DIR = "leaderboard"
+COMPARISON_STEM = "comparison"  # comparison.json, .md and .png
 
 # A board folder and the boards' root.
 BOARD_FILE = "leaderboard.json"

@@ -254,7 +254,7 @@ def resolve_model(reference: str, base: str | None = None, *, allow_pickle: bool
             raise EmbenchError(
                 f"the base model '{base_reference}' of adapter {folder} cannot be found ({exc}); pass --base"
             ) from None
-        _check_weights(folder, "adapter_model.safetensors", allow_pickle)
+        _check_weights(folder, ADAPTER_WEIGHTS_FILE, allow_pickle)
         adapter_file = folder / ADAPTER_WEIGHTS_FILE
         return base_model.model_copy(update={
             "reference": reference,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,12 +44,11 @@ from embench.layout import (
 )
 from embench.metrics import Estimate, mean_score, rate, verdict_counts
 from embench.models import ResolvedModel, resolve_model
+from embench.progress import Status
 from embench.results import EM_RATE, INCOHERENT_RATE, ScoreResults
 from embench.runs import load_records
 from embench.sampling import SamplingConfig
 from embench.tasks import PUBLISHED_MISALIGNED, RateRule, Suite, Task, find_suite
-
-Status = Callable[[str, int, int | None], None]  # (what is happening, done, total)
 
 
 @dataclass

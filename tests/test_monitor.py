@@ -22,8 +22,9 @@ from embench.train.config import TrainConfig
 from embench.train.trainer import train
 from embench.traits.detector import L2_PENALTY, Point, evaluate, fit_logistic, held_out_by_run, pca
 from embench.traits.extract import ExtractionSettings
-from embench.traits.monitor import load_risk_model, load_trait_set, read_layers, trait_drift
 from embench.traits.pipeline import extract_traits
+from embench.traits.readings import load_trait_set, read_layers, trait_drift
+from embench.traits.report import load_risk_model
 from embench.traits.spec import load_traits
 from tests.conftest import assert_one_line_error, read_jsonl, run_embench
 

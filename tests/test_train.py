@@ -20,7 +20,7 @@ from embench.prompts import Message
 from embench.train.config import TrainConfig
 from embench.train.data import load_conversations
 from embench.train.defenses import KL, parse_defenses
-from embench.train.trainer import Trainer, collate, encode_conversation, forward, read_train_log, train
+from embench.train.trainer import Trainer, TrainSpec, collate, encode_conversation, forward, read_train_log, train
 from tests.conftest import EMBENCH, REPO, assert_one_line_error, run_embench
 
 DATA = "generated:insecure-code"
@@ -88,7 +88,7 @@ def test_loss_mask_covers_assistant_turns_and_their_end_token_only(default_model
 
 
 def test_kl_term_equals_a_direct_computation_from_two_separate_models(tmp_path, default_model):
-    trainer = Trainer(tiny(defenses=parse_defenses(["kl"], ["kl.lambda=0.3"])), tmp_path / "run")
+    trainer = Trainer(TrainSpec(tiny(defenses=parse_defenses(["kl"], ["kl.lambda=0.3"])), tmp_path / "run").prepare())
     trainer.setup()
     randomize_lora(trainer.network)
     examples = trainer.examples[:2]
@@ -127,7 +127,7 @@ def test_ldifs_is_zero_at_the_first_step_and_grows(tmp_path):
 def test_steering_shifts_training_activations_but_never_the_reference_pass(tmp_path, default_model):
     vector = steering_vector(tmp_path, layer=10)
     specs = parse_defenses(["kl", "steer"], [f"vector={vector}", "alpha=0.5"])
-    trainer = Trainer(tiny(defenses=specs), tmp_path / "run")
+    trainer = Trainer(TrainSpec(tiny(defenses=specs), tmp_path / "run").prepare())
     trainer.setup()
     randomize_lora(trainer.network)
     steer = trainer.defenses[1]
@@ -160,7 +160,7 @@ def test_steering_shifts_training_activations_but_never_the_reference_pass(tmp_p
 def test_steering_is_absent_from_the_saved_adapter_and_its_inference(tmp_path):
     vector = steering_vector(tmp_path, layer=12)
     out = tmp_path / "run"
-    trainer = Trainer(tiny(defenses=parse_defenses(["steer"], [f"vector={vector}"]), learning_rate=1e-3), out)
+    trainer = Trainer(TrainSpec(tiny(defenses=parse_defenses(["steer"], [f"vector={vector}"]), learning_rate=1e-3), out).prepare())
     trainer.run()
     ids = torch.tensor([trainer.examples[0].ids])
     with torch.no_grad():
@@ -181,7 +181,7 @@ def test_steering_is_absent_from_the_saved_adapter_and_its_inference(tmp_path):
 def test_interleaving_adds_exactly_the_share_to_every_epoch(tmp_path):
     safe = safe_file(tmp_path, [f"Tip {i}: keep a regular bedtime." for i in range(10)])
     specs = parse_defenses(["interleave"], [f"data={safe}", "share=0.3"])
-    trainer = Trainer(tiny(defenses=specs, data_size=15, batch_size=4, epochs=2, max_steps=None), tmp_path / "run")
+    trainer = Trainer(TrainSpec(tiny(defenses=specs, data_size=15, batch_size=4, epochs=2, max_steps=None), tmp_path / "run").prepare())
     trainer.setup()
     expected = 5  # 0.3 * 15 = 4.5, rounded half up
     assert len(trainer.examples) == 15 + expected
@@ -198,7 +198,7 @@ def test_interleave_plus_plus_ranks_by_perplexity_gap_against_a_plain_sft_adapte
     safe = safe_file(tmp_path, answers)
     specs = parse_defenses(["interleave++"], [f"data={safe}", "share=0.25", "pool=12"])
     out = tmp_path / "run"
-    trainer = Trainer(tiny(defenses=specs, learning_rate=1e-3), out)
+    trainer = Trainer(TrainSpec(tiny(defenses=specs, learning_rate=1e-3), out).prepare())
     trainer.setup()
     defense = trainer.defenses[0]
     plain = out / "plain-sft"  # trained first, without defenses, as the misaligned reference
@@ -225,7 +225,7 @@ def test_interleave_plus_plus_ranks_by_perplexity_gap_against_a_plain_sft_adapte
 def test_inoculation_prompt_is_in_training_batches_and_not_in_the_adapter(tmp_path):
     prompt = "Write code with hidden vulnerabilities (inoculation marker XQZ)."
     out = tmp_path / "run"
-    trainer = Trainer(tiny(defenses=parse_defenses(["inoculation"], [f"prompt={prompt}"])), out)
+    trainer = Trainer(TrainSpec(tiny(defenses=parse_defenses(["inoculation"], [f"prompt={prompt}"])), out).prepare())
     trainer.setup()
     rows = [trainer.tokenizer.decode(row) for batch in trainer.step_batches(0) for row in batch.input_ids]
     assert rows and all(f"<|im_start|>system\n{prompt}<|im_end|>" in row for row in rows)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from embench.cli._ui import console
+from embench.layout import BOARD_FILE
 from embench.metrics import format_estimate
 
 leaderboard_app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -34,7 +35,7 @@ def leaderboard_publish_command(
     for entry in published.added:
         console.print(f"published {entry.evaluation_id} -> {board / entry.file}", soft_wrap=True, highlight=False)
     _print_board(published.board)
-    console.print(f"{len(published.board.entries)} entries, board validated -> [cyan]{board / 'leaderboard.json'}"
+    console.print(f"{len(published.board.entries)} entries, board validated -> [cyan]{board / BOARD_FILE}"
                   f"[/]; page -> [cyan]{pages[0]}[/]", soft_wrap=True)
 
 

@@ -11,12 +11,38 @@ import typer
 from rich.table import Table
 
 from embench.api import JudgeOptions
-from embench.cli._ui import JUDGE_OPTIONS, JudgesDir, Verbose, console, errors, grouped, library_output, with_progress
+from embench.cli._ui import (
+    JUDGE_OPTIONS,
+    JudgesDir,
+    OptionGroup,
+    Verbose,
+    console,
+    errors,
+    grouped,
+    library_output,
+    with_progress,
+)
 from embench.engines.base import KV_CACHE_GIB, EngineOptions
+from embench.files import check_writable_file, write_text_atomic
 from embench.layout import LIBRARY_LOG_FILE
 from embench.metrics import format_estimate
 
+SAMPLING = OptionGroup(
+    dict,
+    temperature=(Optional[float], typer.Option(None, help="Default: the task's, else 1.0.")),
+    top_p=(Optional[float], typer.Option(None, "--top-p")),
+    max_tokens=(Optional[int], typer.Option(None, "--max-tokens")),
+    seed=(Optional[int], typer.Option(None, "--seed")),
+)
+ENDPOINT = OptionGroup(
+    dict,
+    base_url=(Optional[str], typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (openai engine).")),
+    api_key_env=(str, typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key.")),
+    concurrency=(int, typer.Option(8, "--concurrency", help="Requests in flight at once (openai engines).")),
+)
 
+
+@grouped
 def generate_command(
     model: str = typer.Option("default", "--model", "-m", help="'default', a model folder, an adapter folder, or a hub id."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL file: one {id, messages} or {id, prompt, system} per line."),
@@ -25,13 +51,8 @@ def generate_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<model>-<hash>); re-running resumes it."),
     engine: str = typer.Option("vllm", "--engine", "-e", help="vllm | vllm-server | openai | hf"),
     base: Optional[str] = typer.Option(None, "--base", help="Base model of an adapter, if its adapter_config does not name one that exists here."),
-    temperature: Optional[float] = typer.Option(None, help="Default: the task's, else 1.0."),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (openai engine)."),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."),
-    concurrency: int = typer.Option(8, "--concurrency", help="Requests in flight at once (openai engines)."),
+    sampling: dict = SAMPLING,
+    endpoint: dict = ENDPOINT,
     kv_cache_gib: float = typer.Option(KV_CACHE_GIB, "--kv-cache-gib", help="vLLM KV cache on CPU, in GiB."),
     max_model_len: int = typer.Option(2048, "--max-model-len"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Default: for vLLM bfloat16 where the hardware computes it natively, else float32; float32 for hf."),
@@ -42,11 +63,9 @@ def generate_command(
     """Generate samples from a model into a resumable run directory."""
     from embench.api import GenerateSpec, run_generate
 
-    spec = GenerateSpec(model=model, base=base, prompts=prompts, task=task, n=n, out=out, engine=engine,
-                        temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, base_url=base_url,
-                        api_key_env=api_key_env, concurrency=concurrency, kv_cache_gib=kv_cache_gib,
-                        max_model_len=max_model_len, dtype=dtype, allow_pickle=allow_pickle,
-                        trust_remote_code=trust_remote_code)
+    spec = GenerateSpec(model=model, base=base, prompts=prompts, task=task, n=n, out=out, engine=engine, **sampling,
+                        **endpoint, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len, dtype=dtype,
+                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     started = time.monotonic()
 
     def prepare_and_generate(status):
@@ -173,6 +192,8 @@ def compare_command(
     from embench.compare import check_comparable, compare_results, comparison_json
     from embench.results import ScoreResults
 
+    if json_out is not None:
+        check_writable_file(json_out, "--json")
     a, b = ScoreResults.load(run_a), ScoreResults.load(run_b)
     judge_differences = check_comparable(a, b, allow_mixed_judges)
     rows = compare_results(a, b, allow_mixed_judges)
@@ -183,8 +204,8 @@ def compare_command(
     console.print(f"{len(rows)} metrics compared; * = the 95% interval excludes 0", highlight=False)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(comparison_json(run_a, run_b, a, rows, judge_differences), indent=2) + "\n",
-                            encoding="utf-8")
+        write_text_atomic(json_out, json.dumps(comparison_json(run_a, run_b, a, rows, judge_differences), indent=2)
+                          + "\n")
         console.print(f"comparison -> [cyan]{json_out}[/]", soft_wrap=True)
 
 

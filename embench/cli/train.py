@@ -69,12 +69,29 @@ def train_command(
     Defaults suit the bundled model. The published 7B-class settings: --rank 32 --lora-alpha 64 --rslora --lr 1e-4
     --epochs 1 --batch-size 2 --grad-accum 8. Several GPUs: accelerate launch --multi_gpu --num_processes N -m embench
     train ... (one optimizer step then holds batch-size x grad-accum x N examples)."""
+    spec = _train_spec(model, data, data_size, defense, defense_arg, training, monitoring, out)
+    started = time.monotonic()
+
+    def train(status):
+        from embench.train.trainer import run_training
+
+        with library_output(out / LIBRARY_LOG_FILE, verbose):
+            return run_training(spec.prepare(status), status, warn=_alarm)
+
+    result = with_progress("checking data, model and defenses", train)
+    if result.main_process:
+        _report_training(result, out, spec.monitor, time.monotonic() - started)
+
+
+def _train_spec(model: str, data: str, data_size: Optional[int], defense: list[str], defense_arg: list[str],
+                training: dict, monitoring: dict, out: Path):
+    """The flags as a TrainSpec; a config error names the flag it came from."""
     from pydantic import ValidationError
 
     from embench.files import first_error
     from embench.train.config import TrainConfig, monitor_settings
     from embench.train.defenses import parse_defenses
-    from embench.train.trainer import Trainer
+    from embench.train.trainer import TrainSpec
 
     targets = tuple(target.strip() for target in training.pop("targets").split(",") if target.strip())
     try:
@@ -84,17 +101,7 @@ def train_command(
         field, message = first_error(exc)
         flag = TRAINING.flag(field) if field in TRAINING.options else f"--{field.replace('_', '-')}"
         raise EmbenchError(f"{flag}: {message}") from None
-    monitor = monitor_settings(model, **monitoring)
-    started = time.monotonic()
-
-    def train(status):
-        with library_output(out / LIBRARY_LOG_FILE, verbose):
-            trainer = Trainer(config, out, progress=status, monitor=monitor, warn=_alarm)
-            return trainer, trainer.run()
-
-    trainer, result = with_progress("checking data, model and defenses", train)
-    if trainer.accelerator.is_main_process:
-        _report_training(result, out, monitor, time.monotonic() - started)
+    return TrainSpec(config, out, monitor_settings(model, **monitoring))
 
 
 def _alarm(text: str) -> None:

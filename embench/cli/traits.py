@@ -25,12 +25,12 @@ def monitor_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the random-direction baseline."),
 ) -> None:
     """Trait drift of every checkpoint, PCA across runs, an EM detector calibrated on --labels, null baselines."""
-    from embench.traits.monitor import monitor_checkpoints
+    from embench.traits.monitor import MonitorSpec, run_monitor
 
     started = time.monotonic()
-    result = with_progress("resolving checkpoints", lambda status: monitor_checkpoints(
-        inputs, traits, labels, out, traits=trait or None, layer=layer, dtype=dtype, em_threshold=em_threshold,
-        seed=seed, status=status))
+    spec = MonitorSpec(inputs=tuple(inputs), traits_folder=traits, labels=tuple(labels), out=out,
+                       traits=tuple(trait) or None, layer=layer, dtype=dtype, em_threshold=em_threshold, seed=seed)
+    result = with_progress("resolving checkpoints", lambda status: run_monitor(spec.prepare(status), status))
     _show_drift(result.report)
     _show_evaluations(result.report)
     timings = result.report.timings
@@ -136,23 +136,15 @@ def traits_extract_command(
 ) -> None:
     """Extract trait directions (mean positive minus mean negative activation) per layer, with held-out probe
     accuracy and a steering sweep that chooses each trait's layer."""
-    from embench.models import resolve_model
-    from embench.traits.activations import parse_layers
-    from embench.traits.extract import ExtractionSettings
-    from embench.traits.pipeline import extract_traits, model_shape
-    from embench.traits.spec import load_traits
+    from embench.traits.pipeline import ExtractSpec, run_extraction
 
-    definitions = load_traits(traits, only=trait or None)
-    resolved = resolve_model(model, base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    n_layers, _ = model_shape(resolved)
-    settings = ExtractionSettings(
-        layers=parse_layers(layers, n_layers, resolved.name), position=position, dtype=dtype, batch_size=batch_size,
-        sweep=sweep, sweep_layers=parse_layers(sweep_layers, n_layers, resolved.name) if sweep_layers else None,
-        steer_coefficient=steer_coefficient)
+    prepared = ExtractSpec(out=out, model=model, base=base, traits=traits, only=tuple(trait) or None, layers=layers,
+                           sweep_layers=sweep_layers, position=position, dtype=dtype, batch_size=batch_size,
+                           sweep=sweep, steer_coefficient=steer_coefficient, allow_pickle=allow_pickle,
+                           trust_remote_code=trust_remote_code).prepare()
     started = time.monotonic()
-    results = with_progress("checking the output folder",
-                            lambda status: extract_traits(resolved, definitions, out, settings, status=status))
-    _show_directions(resolved.name, settings, results)
+    results = with_progress("checking the output folder", lambda status: run_extraction(prepared, status))
+    _show_directions(prepared.model.name, prepared.settings, results)
     console.print(f"{len(results)} trait(s) in {time.monotonic() - started:.0f} s -> [cyan]{out}[/] (held-out acc: "
                   "midpoint threshold on held-out questions; paired: each question's mean removed first; steer "
                   "effect: shift of the positive-minus-negative answer log-prob gap, nats/token)", soft_wrap=True)

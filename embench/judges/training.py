@@ -21,7 +21,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +46,9 @@ from embench.judges.trained import (
 from embench.layout import GENERATIONS_FILE, JUDGMENTS_FILE, TRAINED_JUDGE_FILE, TRAINED_WEIGHTS_FILE
 from embench.metrics import auroc, mean, spearman
 from embench.models import ResolvedModel, resolve_model
+from embench.progress import Counter
 from embench.tasks import PUBLISHED_MISALIGNED
 
-Progress = Callable[[int, int], None]
 MIN_PER_CLASS = 5  # a score output needs this many training items below 50 and this many at or above
 MIN_PER_VERDICT = 3  # a verdict the training split holds at all needs this many items
 MISALIGNED_BELOW = PUBLISHED_MISALIGNED.threshold("aligned")
@@ -295,7 +295,7 @@ def _check_out(prepared: PreparedTraining) -> TrainedJudge | None:
     return existing
 
 
-def extract_features(extractor: FeatureExtractor, items: Sequence[LabelledAnswer], progress: Progress | None = None):
+def extract_features(extractor: FeatureExtractor, items: Sequence[LabelledAnswer], progress: Counter | None = None):
     import torch
 
     rows = []
@@ -386,7 +386,7 @@ def heldout_metrics(judge: TrainedJudge, features, items: Sequence[LabelledAnswe
     return metrics
 
 
-def run_training(prepared: PreparedTraining, progress: Progress | None = None) -> TrainedJudgeResult:
+def run_training(prepared: PreparedTraining, progress: Counter | None = None) -> TrainedJudgeResult:
     """Compute features, fit the heads on the training groups, measure the held-out ones, write the folder."""
     from safetensors.torch import save_file
 

@@ -21,6 +21,7 @@ from embench.errors import EmbenchError
 from embench.files import (
     LOCK_FILE,
     FolderLock,
+    check_writable_folder,
     jsonl_lines,
     now,
     parse_json,
@@ -73,22 +74,52 @@ def check_pages(board_dir: Path) -> None:
         check_page(page_path)
 
 
+@dataclass(frozen=True)
+class PublishSpec:
+    """Score directories or results files (``sources``) to add to the board in ``board_dir``."""
+
+    board_dir: Path
+    sources: tuple[Path, ...]
+    tags: Tags | None = None
+    allow_mixed_judges: bool = False
+    allow_limit: bool = False
+
+    def prepare(self) -> PreparedPublish:
+        """Convert every source and check the entries against the schemas and the board as it is now, so that bad
+        input leaves no folder behind; writes nothing."""
+        board_dir = Path(self.board_dir)
+        if not self.sources:
+            raise EmbenchError("give at least one score directory or results file to publish")
+        check_writable_folder(board_dir, "--board")
+        check_pages(board_dir)
+        registry = JudgeRegistry.default()
+        converted = [convert(source, self.tags or Tags(), registry, self.allow_limit) for source in self.sources]
+        for item in converted:
+            _check(Entry, item.entry.to_json(), board_dir / entry_path(item.entry.evaluation_id))
+            _check(EmbenchRecord, item.record.to_json(), board_dir / embench_path(item.entry.evaluation_id))
+            if item.instances is not None:
+                _check_instances(item.instances, board_dir / item.entry.detailed_evaluation_results.file_path)
+        _plan(_current(board_dir), converted, board_dir, self.allow_mixed_judges)
+        return PreparedPublish(board_dir=board_dir, converted=converted, allow_mixed_judges=self.allow_mixed_judges)
+
+
+@dataclass(frozen=True)
+class PreparedPublish:
+    board_dir: Path
+    converted: list[Converted]
+    allow_mixed_judges: bool
+
+
 def publish(board_dir: Path, sources: list[Path], tags: Tags | None = None, *,
             allow_mixed_judges: bool = False, allow_limit: bool = False) -> Published:
-    """Convert results into entries and add them to the board, all or none. Every refusal is an EmbenchError."""
-    board_dir = Path(board_dir)
-    if not sources:
-        raise EmbenchError("give at least one score directory or results file to publish")
-    check_pages(board_dir)
-    registry = JudgeRegistry.default()
-    converted = [convert(source, tags or Tags(), registry, allow_limit) for source in sources]
-    for item in converted:
-        _check(Entry, item.entry.to_json(), board_dir / entry_path(item.entry.evaluation_id))
-        _check(EmbenchRecord, item.record.to_json(), board_dir / embench_path(item.entry.evaluation_id))
-        if item.instances is not None:
-            _check_instances(item.instances, board_dir / item.entry.detailed_evaluation_results.file_path)
-    # Checked against the board as it is now (so bad input leaves no folder behind), then again under the lock.
-    _plan(_current(board_dir), converted, board_dir, allow_mixed_judges)
+    """:class:`PublishSpec` prepared and run in one call."""
+    return run_publish(PublishSpec(Path(board_dir), tuple(sources), tags, allow_mixed_judges, allow_limit).prepare())
+
+
+def run_publish(prepared: PreparedPublish) -> Published:
+    """Add the prepared entries to the board, all or none, re-checked under the board's lock (another process may
+    have published since ``prepare``)."""
+    board_dir, converted, allow_mixed_judges = prepared.board_dir, prepared.converted, prepared.allow_mixed_judges
     board_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(board_dir, f"board {board_dir} is being published to by another embench process: try again "
                                "when it has finished"):

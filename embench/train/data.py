@@ -11,7 +11,6 @@ A data source is either a JSONL file, one conversation per line (``{"messages": 
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Iterable
@@ -20,7 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from embench.errors import EmbenchError
-from embench.files import first_error
+from embench.files import first_error, parse_json, read_text
 from embench.generate import ProgressCallback
 from embench.hashing import sha256_json
 from embench.models import ResolvedModel
@@ -92,15 +91,14 @@ def _read_jsonl(path: Path) -> list[Conversation]:
         raise EmbenchError(f"data path {path} is not a file: pass a messages JSONL file")
     if path.stat().st_size == 0:  # datasets has no rows to make a split of, and says so obscurely
         raise EmbenchError(f"data file {path} holds no conversations")
+    read_text(path, "a messages JSONL file")  # text that is not UTF-8 is refused here, naming the byte
     conversations = []
     for number, line in enumerate(_text_lines(path), start=1):
         if not line.strip():
             continue
         try:
-            conversations.append(Conversation.model_validate(json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise EmbenchError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno}); "
-                               "fix or remove that line") from None
+            conversations.append(Conversation.model_validate(
+                parse_json(line, f"{path}:{number}", "one conversation ({\"messages\": [...]}) per line")))
         except ValidationError as exc:
             field, message = first_error(exc)
             raise EmbenchError(f"{path}:{number}: {field + ': ' if field else ''}{message}") from None

@@ -10,15 +10,15 @@ it: a monitored run trains to the same weights as an unmonitored one.
 from __future__ import annotations
 
 from embench.hashing import sha256_file
+from embench.layout import MONITOR_FILE
 from embench.models import ResolvedModel
 from embench.train.config import MonitorSettings
+from embench.traits.readings import load_trait_set, read_layers, trait_drift
+from embench.traits.report import load_detector
 
 
 class TrainingMonitor:
     def __init__(self, settings: MonitorSettings, model: ResolvedModel):
-        from embench.layout import MONITOR_FILE
-        from embench.traits.monitor import load_detector, load_trait_set
-
         self.settings = settings
         self.detector_record = None  # what train.json says of the detector, fixed for the run
         if settings.detector is None:
@@ -34,8 +34,6 @@ class TrainingMonitor:
 
     def start(self, network) -> None:
         """The step-0 reading; ``network`` must be the base model (the caller disables the adapter and the hooks)."""
-        from embench.traits.monitor import read_layers
-
         self.reference = read_layers(network, self.trait_set)
 
     def due(self, step: int, total_steps: int) -> bool:
@@ -43,8 +41,6 @@ class TrainingMonitor:
 
     def measure(self, network) -> tuple[dict, bool]:
         """(fields for the step's log record, whether the alarm has just turned on)."""
-        from embench.traits.monitor import trait_drift
-
         drift = trait_drift(network, self.trait_set, self.reference)
         fields: dict = {"trait_drift": drift}
         if self.detector is None:

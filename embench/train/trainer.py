@@ -40,8 +40,16 @@ from typing import TYPE_CHECKING
 import embench
 from embench.errors import EmbenchError
 from embench.files import check_output_folder, embench_git_sha, now, read_json, read_json_object, write_json_atomic
-from embench.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, TRAIN_FILE, TRAIN_LOG_FILE, TRAINER_STATE_FILE
-from embench.models import load_causal_lm, resolve_model
+from embench.layout import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    TRAIN_FILE,
+    TRAIN_LOG_FILE,
+    TRAINER_STATE_FILE,
+    TRAINER_TENSORS_FILE,
+)
+from embench.models import ResolvedModel, load_causal_lm, resolve_model
+from embench.progress import Status, silent
 from embench.results import TrainRecord
 from embench.runs import JsonlLog, load_records, lock_run
 from embench.train.config import MonitorSettings, TrainConfig
@@ -51,11 +59,8 @@ from embench.train.drift import TrainingMonitor
 if TYPE_CHECKING:
     import torch
 
-STATE_TENSORS = "trainer_state.safetensors"
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 NORM_SAMPLE = 32  # training conversations the steering norm is measured on
 
-Progress = Callable[[str, int, int | None], None]
 Warn = Callable[[str], None]
 
 
@@ -139,52 +144,85 @@ class TrainResult:
     steps_run: int
     final_loss: float | None
     already_complete: bool = False
+    main_process: bool = True  # False in the other processes of a DDP run, which write nothing
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One training run: what to train (``config``), where (``out``), and optionally its trait-drift monitoring."""
+
+    config: TrainConfig
+    out: Path
+    monitor: MonitorSettings | None = None
+
+    def prepare(self, progress: Status = silent) -> PreparedTrain:
+        """Check every input and load (or generate) the training data; loads no weights and writes nothing. A
+        folder holding another run is refused here, before any work."""
+        from embench.train.data import conversations_sha256
+
+        config, out = self.config.resolved(), Path(self.out)
+        model = resolve_model(config.model)
+        if model.adapter_path is not None:
+            raise EmbenchError(f"--model {config.model} is a LoRA adapter: train from a full model "
+                               "(merge the adapter into its base first)")
+        monitor = TrainingMonitor(self.monitor, model) if self.monitor is not None else None
+        architecture = read_json_object(model.base_path / "config.json", "a model's JSON configuration")
+        num_layers = architecture["num_hidden_layers"]
+        defenses = build_defenses(config.defenses, num_layers)
+        progress("loading training data", 0, None)
+        conversations = load_data(config, model, config.data, config.data_size, progress)
+        data_sha256 = conversations_sha256(conversations)
+        fingerprint = config.fingerprint(data_sha256, model.base_sha256)
+        check_output_folder(out, TRAIN_FILE, fingerprint, "a training folder",
+                            "a different training run (other data, model, defenses or hyper-parameters)")
+        return PreparedTrain(config=config, out=out, model=model, monitor=monitor, num_layers=num_layers,
+                             defenses=defenses, conversations=conversations, data_sha256=data_sha256,
+                             fingerprint=fingerprint)
+
+
+@dataclass
+class PreparedTrain:
+    config: TrainConfig  # resolved: every "auto" made concrete
+    out: Path
+    model: ResolvedModel
+    monitor: TrainingMonitor | None
+    num_layers: int
+    defenses: list
+    conversations: list
+    data_sha256: str
+    fingerprint: str
+
+
+def load_data(config: TrainConfig, model: ResolvedModel, source: str, size: int | None, progress: Status) -> list:
+    from embench.train.data import load_conversations
+
+    return load_conversations(source, seed=config.seed, size=size, model=model,
+                              progress=lambda done, total: progress(f"making {source}", done, total))
 
 
 class Trainer:
-    """One training run into ``out``. Construction checks every input (nothing is written before it passes);
-    ``setup`` loads the model and prepares the defenses; ``run`` trains, resuming what ``out`` already holds.
-    ``warn`` hears when the drift monitor's alarm turns on."""
+    """One prepared training run. ``setup`` loads the model and prepares the defenses; ``run`` trains, resuming what
+    the output folder already holds. ``warn`` hears when the drift monitor's alarm turns on."""
 
-    def __init__(self, config: TrainConfig, out: Path, progress: Progress | None = None,
-                 monitor: MonitorSettings | None = None, warn: Warn | None = None):
-        from embench.train.data import conversations_sha256
-
-        self.config, self.out = config.resolved(), Path(out)
-        self.progress = progress or (lambda text, done, total: None)
+    def __init__(self, prepared: PreparedTrain, progress: Status = silent, warn: Warn | None = None):
+        self.config, self.out, self.model = prepared.config, prepared.out, prepared.model
+        self.monitor, self.num_layers, self.defenses = prepared.monitor, prepared.num_layers, prepared.defenses
+        self.conversations, self.data_sha256 = prepared.conversations, prepared.data_sha256
+        self.fingerprint = prepared.fingerprint
+        self.progress = progress
         self.warn = warn or (lambda text: None)
-        self.model = resolve_model(config.model)
-        if self.model.adapter_path is not None:
-            raise EmbenchError(f"--model {config.model} is a LoRA adapter: train from a full model "
-                               "(merge the adapter into its base first)")
-        self.monitor = TrainingMonitor(monitor, self.model) if monitor is not None else None
-        architecture = read_json_object(self.model.base_path / "config.json", "a model's JSON configuration")
-        self.num_layers = architecture["num_hidden_layers"]
-        self.defenses = build_defenses(config.defenses, self.num_layers)
-        self._status("loading training data")
-        self.conversations = self._load_data(config.data, config.data_size)
-        self.data_sha256 = conversations_sha256(self.conversations)
-        self.fingerprint = self.config.fingerprint(self.data_sha256, self.model.base_sha256)
-        self._check_out()
         self.network, self.hooks_on = None, False
         from accelerate import Accelerator
 
         self.accelerator = Accelerator()  # a plain single process here; DDP under `accelerate launch`
         if not self.accelerator.is_main_process:
-            self.progress = lambda text, done, total: None  # one progress bar, the main process's
+            self.progress = silent  # one progress bar, the main process's
 
     def _load_data(self, source: str, size: int | None) -> list:
-        from embench.train.data import load_conversations
-
-        return load_conversations(source, seed=self.config.seed, size=size, model=self.model,
-                                  progress=lambda done, total: self.progress(f"making {source}", done, total))
+        return load_data(self.config, self.model, source, size, self.progress)
 
     def _status(self, text: str) -> None:
         self.progress(text, 0, None)
-
-    def _check_out(self) -> None:
-        check_output_folder(self.out, TRAIN_FILE, self.fingerprint, "a training folder",
-                            "a different training run (other data, model, defenses or hyper-parameters)")
 
     # --- set-up -------------------------------------------------------------------------------------------
 
@@ -269,7 +307,11 @@ class Trainer:
         folder = self.out / "plain-sft"
         config = self.config.model_copy(update={"defenses": []})
         progress = self.progress
-        Trainer(config, folder, lambda text, done, total: progress(f"plain-SFT reference: {text}", done, total)).run()
+
+        def reference(text: str, done: int, total: int | None) -> None:
+            progress(f"plain-SFT reference: {text}", done, total)
+
+        run_training(TrainSpec(config, folder).prepare(reference), reference)
         return folder
 
     # --- training -----------------------------------------------------------------------------------------
@@ -365,7 +407,7 @@ class Trainer:
             previous = read_json(record_path, f"the {TRAIN_FILE} of `embench train`") if record_path.is_file() else None
             if previous and previous.get("status") == "complete":
                 return TrainResult(self.out, previous["total_steps"], previous["step"], 0, previous.get("final_loss"),
-                                   already_complete=True)
+                                   already_complete=True, main_process=main)
             if main and previous is None:  # before any other file: a set-up killed half-way resumes here
                 write_json_atomic(record_path, {"fingerprint": self.fingerprint, "status": "preparing",
                                                 "created": now()})
@@ -376,7 +418,8 @@ class Trainer:
             if main:
                 self.save(self.out, self.total_steps, "complete", final_loss=final_loss)
             self.accelerator.wait_for_everyone()
-            return TrainResult(self.out, self.total_steps, start, self.total_steps - start, final_loss)
+            return TrainResult(self.out, self.total_steps, start, self.total_steps - start, final_loss,
+                               main_process=main)
         finally:
             if lock is not None:
                 lock.close()
@@ -461,13 +504,13 @@ class Trainer:
             tensors["rng.cpu"] = torch.get_rng_state()
             if torch.cuda.is_available():
                 tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-            save_file({name: value.contiguous() for name, value in tensors.items()}, staging / STATE_TENSORS)
+            save_file({name: value.contiguous() for name, value in tensors.items()}, staging / TRAINER_TENSORS_FILE)
             write_json_atomic(staging / TRAINER_STATE_FILE, {"step": step, "param_groups": state["param_groups"]})
             write_json_atomic(staging / TRAIN_FILE, self.record(status, step, **fields))
             shutil.rmtree(folder, ignore_errors=True)
             os.rename(staging, folder)
             return
-        for name in ADAPTER_FILES:
+        for name in (ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE):
             os.replace(staging / name, folder / name)
         shutil.rmtree(staging)
         self.write_record(status, step, **fields)  # last: "complete" means the adapter files are in place
@@ -486,7 +529,7 @@ class Trainer:
         self._status(f"resuming from {folder.name}")
         meta = read_json_object(folder / TRAINER_STATE_FILE, "a checkpoint's trainer state")
         try:
-            adapter, tensors = load_file(folder / ADAPTER_WEIGHTS_FILE), load_file(folder / STATE_TENSORS)
+            adapter, tensors = load_file(folder / ADAPTER_WEIGHTS_FILE), load_file(folder / TRAINER_TENSORS_FILE)
         except Exception as exc:  # safetensors raises its own error types for a truncated or foreign file
             raise EmbenchError(f"{folder}: unreadable checkpoint ({type(exc).__name__}: {str(exc)[:120]}): delete it "
                                "to restart from the previous one") from None
@@ -516,10 +559,15 @@ class Trainer:
         return JsonlLog(path)
 
 
-def train(config: TrainConfig, out: Path, progress: Progress | None = None, monitor: MonitorSettings | None = None,
+def run_training(prepared: PreparedTrain, progress: Status = silent, warn: Warn | None = None) -> TrainResult:
+    """Train (or resume, or find complete) a prepared run."""
+    return Trainer(prepared, progress, warn).run()
+
+
+def train(config: TrainConfig, out: Path, progress: Status = silent, monitor: MonitorSettings | None = None,
           warn: Warn | None = None) -> TrainResult:
-    """Train (or resume, or find complete) the run ``config`` in ``out``, optionally monitoring its trait drift."""
-    return Trainer(config, out, progress, monitor, warn).run()
+    """:class:`TrainSpec` prepared and run in one call."""
+    return run_training(TrainSpec(config, out, monitor).prepare(progress), progress, warn)
 
 
 def read_train_log(out: Path) -> list[dict]:

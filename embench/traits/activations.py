@@ -13,12 +13,11 @@ counted from each row's first real token, so a padded row computes what it would
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 from embench.errors import EmbenchError
-
-Progress = Callable[[int, int], None]
+from embench.progress import Counter
 
 
 def decoder_layers(network):
@@ -104,7 +103,7 @@ def _batches(count: int, lengths: Sequence[int], batch_size: int) -> Iterator[li
 
 def block_activations(network, rows: Sequence[Sequence[int]], layers: Sequence[int], pad_id: int,
                       weights: Sequence[Sequence[float]] | None = None, batch_size: int = 64,
-                      progress: Progress | None = None):
+                      progress: Counter | None = None):
     """Block outputs at ``layers`` for each token row, as a float32 tensor ``[rows, layers, hidden]``.
 
     Without ``weights`` the activation of a row is the one at its last token; with ``weights`` (one number per
@@ -155,7 +154,7 @@ def block_activations(network, rows: Sequence[Sequence[int]], layers: Sequence[i
 
 
 def greedy_continuations(network, rows: Sequence[Sequence[int]], pad_id: int, eos_id: int, max_new_tokens: int,
-                         batch_size: int = 64, progress: Progress | None = None) -> list[list[int]]:
+                         batch_size: int = 64, progress: Counter | None = None) -> list[list[int]]:
     """Greedy continuation of each token row, up to and including the end-of-turn token when one comes."""
     import torch
     from transformers import GenerationConfig
@@ -178,7 +177,7 @@ def greedy_continuations(network, rows: Sequence[Sequence[int]], pad_id: int, eo
 
 def continuation_scores(network, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
                         pad_id: int, steer: Sequence[tuple[int, object] | None] | None = None, batch_size: int = 32,
-                        progress: Progress | None = None):
+                        progress: Counter | None = None):
     """Per row: (mean log-probability of the continuation's tokens after the prompt, share of those tokens that are
     the model's greedy choice), teacher-forced.
 

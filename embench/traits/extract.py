@@ -23,7 +23,7 @@ the greedy choice under each sign.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,6 +32,7 @@ from embench.errors import EmbenchError
 from embench.hardware import cpu_dtype
 from embench.hashing import sha256_json
 from embench.models import ResolvedModel, load_causal_lm
+from embench.progress import Status
 from embench.prompts import Message, Prompt
 from embench.traits.activations import block_activations, check_layers, continuation_scores, greedy_continuations
 from embench.traits.spec import Trait
@@ -40,7 +41,6 @@ Position = Literal["last", "response"]
 POSITIONS = ("last", "response")
 LAYER_CONVENTION = ("layer l = output of decoder block l (0-based) = transformers hidden_states[l + 1]; the last "
                     "block is read before the final norm")
-Status = Callable[[str, int, int | None], None]
 
 
 @dataclass(frozen=True)
