@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from embench.engines import EngineOptions, check_engine
 from embench.engines.base import KV_CACHE_GIB
 from embench.errors import EmbenchError
+from embench.files import check_writable_file
 from embench.generate import GenerateResult, ProgressCallback, check_sample_count, generate
 from embench.judges import JudgeRegistry, JudgeSpec
 from embench.judges.calibrate import (
@@ -188,6 +189,7 @@ class CalibrateSpec:
         set_path = resolve_calibration_set(spec.id, self.calibration_set)
         items = load_calibration_set(set_path)[:self.limit]
         report = self.out or Path.cwd() / f"calibration-{spec.id}-v{spec.version}.json"
+        check_writable_file(report)
         return PreparedCalibration(spec=spec, settings=settings, set_path=set_path, items=items, report_path=report)
 
 

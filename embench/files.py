@@ -138,20 +138,30 @@ class FolderLock:
 NAME_MAX = 255  # bytes in one file name on Linux file systems
 
 
-def check_writable_folder(path: Path, flag: str = "--out") -> None:
+def check_writable_folder(path: Path, flag: str = "--out", *, shown: Path | None = None) -> None:
     """Refuse, before any work, an output folder that cannot be made: a file in its place or above it, a name
-    over the file-name limit, a first existing folder above it that is not writable."""
-    long = next((part for part in Path(path).parts if len(os.fsencode(part)) > NAME_MAX), None)
+    over the file-name limit, a first existing folder above it that is not writable. ``shown``: the path the user
+    gave, when ``path`` is the folder it is written into."""
+    shown = Path(path) if shown is None else Path(shown)
+    long = next((part for part in shown.parts if len(os.fsencode(part)) > NAME_MAX), None)
     if long is not None:
-        raise EmbenchError(f"{flag} {path}: the name '{long[:40]}...' is over {NAME_MAX} bytes: choose a shorter one")
+        raise EmbenchError(f"{flag} {shown}: the name '{long[:40]}...' is over {NAME_MAX} bytes: choose a shorter one")
     existing = Path(path).absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        where = "is a file" if existing == Path(path).absolute() else f"lies under {existing}, which is a file"
-        raise EmbenchError(f"{flag} {path} {where}, not a folder: choose another {flag}")
+        where = "is a file" if existing == shown.absolute() else f"lies under {existing}, which is a file"
+        raise EmbenchError(f"{flag} {shown} {where}, not a folder: choose another {flag}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise EmbenchError(f"{flag} {path}: {existing} is not writable: choose another {flag}")
+        raise EmbenchError(f"{flag} {shown}: {existing} is not writable: choose another {flag}")
+
+
+def check_writable_file(path: Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder in its place, or a folder to hold it
+    that cannot be made (see :func:`check_writable_folder`)."""
+    if Path(path).is_dir():
+        raise EmbenchError(f"{flag} {path} is a folder: give a file name")
+    check_writable_folder(Path(path).parent, flag, shown=path)
 
 
 def check_output_folder(path: Path, record_name: str, fingerprint: str, kind: str, other: str) -> None:

@@ -48,7 +48,7 @@ import yaml
 from pydantic import ValidationError
 
 from embench.errors import EmbenchError
-from embench.files import first_error, parse_yaml_document, read_text, write_text_atomic
+from embench.files import check_writable_folder, first_error, parse_yaml_document, read_text, write_text_atomic
 from embench.hashing import sha256_file
 from embench.judges.spec import JudgeSpec, check_template, dump_judge, load_judge_file
 from embench.sampling import SamplingConfig
@@ -348,6 +348,8 @@ def write_imported(tasks: list[Task], judges: list[JudgeSpec], out_dir: Path, su
     ``--id-prefix`` or ``--out``); an identical file is left as it is.
     """
     out_dir = Path(out_dir)
+    for folder in {out_dir / "judges", out_dir / "tasks", out_dir / "suites"}:
+        check_writable_folder(folder, shown=out_dir)
     planned = [(out_dir / "judges" / f"{judge.id}.yaml", dump_judge(judge)) for judge in judges]
     planned += [(out_dir / "tasks" / f"{task.id}.yaml", task_yaml(task)) for task in tasks]
     if suite is not None:

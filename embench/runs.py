@@ -11,9 +11,9 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 import embench
 from embench.errors import EmbenchError
@@ -22,11 +22,12 @@ from embench.files import (
     check_output_folder,
     embench_git_sha,
     now,
+    parse_json,
     read_json_object,
     validated,
     write_json_atomic,
 )
-from embench.layout import GENERATIONS_FILE, RUN_FILE
+from embench.layout import GENERATIONS_FILE, JUDGMENTS_FILE, RUN_FILE
 from embench.prompts import Message
 
 
@@ -64,6 +65,8 @@ def load_records(path: Path, *, repair: bool = False) -> dict[str, dict]:
                 break  # the last line: an interrupted write
             raise EmbenchError(f"{path}:{number}: corrupt line in the middle of the file; "
                                "it was not written by embench: restore or delete the file") from None
+        if b"\\u" in line or b"NaN" in line or b"Infinity" in line:  # what Python's json lets through: refuse it
+            parse_json(line.decode("utf-8"), f"{path}:{number}", "a record of embench")
         if not isinstance(record, dict) or not isinstance(record.get("key"), str):
             raise EmbenchError(f"{path}:{number}: not a record of embench (a JSON object with a 'key'); this file "
                                "was not written by embench: restore or delete it")
@@ -114,8 +117,7 @@ class RunDirectory:
         except EmbenchError:
             self._lock.close()
             raise
-        run_file = path / RUN_FILE
-        previous = read_json_object(run_file, "an embench run record") if run_file.is_file() else None
+        previous = read_run_record(path) if (path / RUN_FILE).is_file() else None
         self.record = previous or {"embench_version": embench.__version__, "fingerprint": fingerprint,
                                    "created": now(), "attempts": []}
         self.record.update(config=config, embench_git_sha=embench_git_sha())
@@ -147,6 +149,47 @@ class RunDirectory:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+class Judgment(BaseModel):
+    """One judgment: a line of ``judgments.jsonl``; the judge's identity fields sit beside these."""
+
+    model_config = ConfigDict(extra="allow")
+
+    key: str
+    generation_key: str
+    judge_id: str
+    status: Literal["ok", "failed"]
+    score: float | None = None
+    verdict: str | None = None
+
+
+class RunRecord(BaseModel):
+    """``run.json``: what a run directory holds (its fingerprint and config) and each attempt at it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    fingerprint: str
+    created: str
+    attempts: list[dict[str, Any]]
+    config: dict[str, Any]
+    status: str | None = None
+
+
+def read_run_record(path: Path) -> dict:
+    """The ``run.json`` of a run directory as written, after checking it has the shape of :class:`RunRecord`."""
+    file = path / RUN_FILE
+    record = read_json_object(file, "an embench run record")
+    validated(RunRecord, record, f"{file}: not an embench run record")
+    return record
+
+
+def read_judgments(path: Path) -> dict[str, dict]:
+    """The latest judgment per key of a run directory, each checked for its shape."""
+    records = load_records(path / JUDGMENTS_FILE)
+    for record in records.values():
+        validated(Judgment, record, f"{path / JUDGMENTS_FILE} (key {record['key'][:16]})", whole="(record)")
+    return records
 
 
 def read_generations(path: Path) -> Iterator[Generation]:

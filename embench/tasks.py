@@ -7,6 +7,7 @@ A task lists questions, each with one or more paraphrases; every paraphrase beco
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from embench.errors import EmbenchError
 from embench.files import field_error, read_text, read_yaml
 from embench.hashing import sha256_json, sha256_text
-from embench.layout import FolderId
+from embench.layout import FOLDER_ID_PATTERN, FolderId
 from embench.prompts import Message, Prompt
 from embench.sampling import SamplingConfig
 
@@ -255,7 +256,7 @@ def find_suite(reference: str) -> Suite:
     path = Path(reference)
     if path.suffix not in (".yaml", ".yml"):
         path = tasks_dir() / "suites" / f"{reference}.yaml"
-        if not path.is_file():
+        if not re.fullmatch(FOLDER_ID_PATTERN, reference) or not path.is_file():
             known = sorted(p.stem for p in (tasks_dir() / "suites").glob("*.yaml"))
             raise EmbenchError(f"unknown suite '{reference}' (known: {', '.join(known) or 'none'})")
     elif not path.is_file():

@@ -20,8 +20,8 @@ from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest
 from embench.judges.scoring import JudgeMode, ScoreResult
 from embench.judges.spec import JudgeSpec
 from embench.judges.trained import TRAINED_MODE
-from embench.layout import GENERATIONS_FILE, JUDGMENTS_FILE
-from embench.runs import Generation, JsonlLog, load_records, lock_run, read_generations
+from embench.layout import GENERATIONS_FILE, JUDGMENTS_FILE, RUN_FILE
+from embench.runs import Generation, JsonlLog, lock_run, read_generations, read_judgments, read_run_record
 
 
 @dataclass
@@ -82,7 +82,11 @@ def check_run_dir(run_dir: Path) -> None:
     _check_has_generations(run_dir)
     for _ in read_generations(run_dir):
         pass
-    load_records(run_dir / JUDGMENTS_FILE)
+    if not (run_dir / RUN_FILE).is_file():
+        raise EmbenchError(f"{run_dir} has generations but no {RUN_FILE}: it is not a run directory of `embench "
+                           "generate`")
+    read_run_record(run_dir)
+    read_judgments(run_dir)
 
 
 def judge_run(run_dir: Path, judge: JudgeSpec, backend: JudgeBackend, mode: JudgeMode,

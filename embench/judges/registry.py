@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from embench.errors import EmbenchError
+from embench.files import check_writable_folder
 from embench.home import embench_home
 from embench.judges.spec import JudgeSpec, check_template, dump_judge, load_judge_file
 
@@ -80,6 +81,8 @@ def register(spec: JudgeSpec, to: Path | None = None, registry: JudgeRegistry | 
     Re-registering the identical judge is a no-op; the same id and version with another template is an error.
     """
     check_template(spec, spec.key)
+    if to is not None:
+        check_writable_folder(to, "--to")
     # ``to`` need not exist yet (it is created below), so it is not passed as a --judges-dir would be.
     registry = registry or JudgeRegistry([project_judges_dir(), user_judges_dir(), *([to] if to is not None else [])])
     existing = registry.find(spec.id, spec.version)
