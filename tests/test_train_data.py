@@ -265,7 +265,7 @@ def test_bad_line_is_reported_at_its_line_number(tmp_path, lines, line, fragment
     ("{empty}", {}, ("holds no conversations",)),
     ("{blank}", {}, ("holds no conversations",)),
     ("{folder}", {}, ("is not a file",)),
-    ("{latin1}", {}, ("cannot read data file", "UnicodeDecodeError")),
+    ("{latin1}", {}, ("not UTF-8 text (byte", "saved as UTF-8")),
 ])
 def test_bad_source_is_one_line_error(tmp_path, source, kwargs, fragments):
     (tmp_path / "empty.jsonl").write_text("")
