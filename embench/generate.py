@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from embench.chat import ChatTemplate
-from embench.engines import Engine, EngineOptions, GenerationRequest, check_engine, open_engine
+from embench.engines import Completion, Engine, EngineOptions, GenerationRequest, check_engine, open_engine
 from embench.errors import EmbenchError
 from embench.files import now
 from embench.hashing import file_safe, sha256_json, sha256_text
@@ -96,18 +96,29 @@ def default_run_dir(model: ResolvedModel | RemoteModel, fingerprint: str) -> Pat
     return Path("runs") / f"{name}-{fingerprint[:12]}"
 
 
-def generate(model: ResolvedModel | RemoteModel, prompts: Sequence[Prompt], out: Path | None = None, *,
-             engine: str = "vllm",
-             n: int | Mapping[str, int] = 1, sampling: SamplingConfig = SamplingConfig(),
-             options: EngineOptions = EngineOptions(),
-             prompts_source: str = "inline", progress: ProgressCallback | None = None,
-             open_backend: Engine | None = None) -> GenerateResult:
-    """Generate ``n`` samples per prompt into the run directory ``out``, skipping samples already there.
+@dataclass
+class GenerationJob:
+    """One run directory's share of a generation: its planned samples, and those not yet in ``generations.jsonl``.
 
-    Without ``out``, the run goes to ``default_run_dir``. ``open_backend`` reuses an engine already loaded (a suite
-    generates several tasks with one engine); it must be the engine named by ``engine``.
-    Everything that can be checked is checked before the directory is touched, so bad input leaves no files.
-    """
+    Planning writes nothing; several jobs (the tasks of a suite) can then be drawn in one engine submission."""
+
+    out: Path
+    config: dict
+    fingerprint: str
+    sampling: SamplingConfig
+    planned: list[PlannedSample]
+    todo: list[PlannedSample]
+
+    @property
+    def reused(self) -> int:
+        return len(self.planned) - len(self.todo)
+
+
+def plan_job(model: ResolvedModel | RemoteModel, prompts: Sequence[Prompt], out: Path | None = None, *,
+             engine: str = "vllm", n: int | Mapping[str, int] = 1, sampling: SamplingConfig = SamplingConfig(),
+             options: EngineOptions = EngineOptions(), prompts_source: str = "inline") -> GenerationJob:
+    """Plan ``n`` samples per prompt into the run directory ``out`` (``default_run_dir`` without it) and find those
+    still to draw. Everything that can be checked is checked here, before the directory is touched."""
     check_engine(engine)
     planned, template_sha = plan_samples(model, prompts, n, sampling)
     prompts_sha = sha256_json([prompt.model_dump(mode="json") for prompt in prompts])
@@ -127,37 +138,80 @@ def generate(model: ResolvedModel | RemoteModel, prompts: Sequence[Prompt], out:
     RunDirectory.check_target(out, fingerprint)
     finished = load_records(out / GENERATIONS_FILE)
     todo = [sample for sample in planned if sample.request.key not in finished]
-    reused = len(planned) - len(todo)
+    return GenerationJob(out=out, config=config, fingerprint=fingerprint, sampling=sampling, planned=planned,
+                         todo=todo)
+
+
+def run_jobs(jobs: Sequence[GenerationJob], backend: Engine | None,
+             progress: ProgressCallback | None = None) -> list[GenerateResult]:
+    """Draw every job's missing samples with ``backend``, in one engine submission per sampling configuration (one
+    for a suite whose tasks share their sampling), so that the engine batches across run directories.
+
+    Each completion is appended to its own run as it finishes; a sample key shared by two runs is drawn once.
+    ``backend`` may be None when no job has a sample left to draw."""
+    total = sum(len(job.planned) for job in jobs)
+    done = sum(job.reused for job in jobs)
     if progress:
-        progress(reused, len(planned))
-    if not todo:
-        with RunDirectory(out, config, fingerprint) as run:
-            run.start({"name": engine, "skipped": "every sample was already generated"})
-            run.set_status("complete", generated=0)
-        return GenerateResult(out, len(planned), 0, reused)
-    by_key = {sample.request.key: sample for sample in todo}
-    # The engine opens before the run directory is created: an engine that cannot start leaves no files.
-    engine_context = nullcontext(open_backend) if open_backend is not None else open_engine(engine, model, options)
-    with engine_context as backend, RunDirectory(out, config, fingerprint) as run:
-        run.start(backend.info())
-        done = 0
+        progress(done, total)
+    with ExitStack() as open_runs:
+        runs = [open_runs.enter_context(RunDirectory(job.out, job.config, job.fingerprint)) for job in jobs]
+        generated = [0] * len(jobs)
+        for run, job in zip(runs, jobs):
+            run.start(backend.info() if job.todo else {"name": job.config["engine"]["name"],
+                                                       "skipped": "every sample was already generated"})
         try:
-            for completion in backend.generate([sample.request for sample in todo], sampling):
-                sample = by_key[completion.key]
-                run.generations.append(Generation(
-                    key=completion.key, prompt_id=sample.prompt.id, sample_index=sample.sample_index,
-                    seed=sample.request.seed, messages=sample.prompt.messages,
-                    prompt_sha256=sample.prompt_sha256, completion=completion.text,
-                    finish_reason=completion.finish_reason, prompt_tokens=completion.prompt_tokens,
-                    completion_tokens=completion.completion_tokens, metadata=sample.prompt.metadata,
-                    created=now(),
-                ).model_dump(mode="json"))
-                done += 1
-                if progress:
-                    progress(reused + done, len(planned))
+            for sampling, group in _by_sampling(jobs):
+                owners: dict[str, list[tuple[int, PlannedSample]]] = {}
+                for index in group:
+                    for sample in jobs[index].todo:
+                        owners.setdefault(sample.request.key, []).append((index, sample))
+                requests = [samples[0][1].request for samples in owners.values()]
+                for completion in backend.generate(requests, sampling):
+                    for index, sample in owners[completion.key]:
+                        runs[index].generations.append(_generation_record(sample, completion))
+                        generated[index] += 1
+                        done += 1
+                    if progress:
+                        progress(done, total)
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            run.set_status(status, error=str(exc)[:500] or type(exc).__name__, generated=done)
+            for run, count in zip(runs, generated):
+                run.set_status(status, error=str(exc)[:500] or type(exc).__name__, generated=count)
             raise
-        run.set_status("complete", generated=done)
-    return GenerateResult(out, len(planned), done, reused)
+        for run, count in zip(runs, generated):
+            run.set_status("complete", generated=count)
+    return [GenerateResult(job.out, len(job.planned), count, job.reused) for job, count in zip(jobs, generated)]
+
+
+def _by_sampling(jobs: Sequence[GenerationJob]) -> list[tuple[SamplingConfig, list[int]]]:
+    groups: dict[SamplingConfig, list[int]] = {}
+    for index, job in enumerate(jobs):
+        if job.todo:
+            groups.setdefault(job.sampling, []).append(index)
+    return list(groups.items())
+
+
+def _generation_record(sample: PlannedSample, completion: Completion) -> dict:
+    return Generation(
+        key=completion.key, prompt_id=sample.prompt.id, sample_index=sample.sample_index, seed=sample.request.seed,
+        messages=sample.prompt.messages, prompt_sha256=sample.prompt_sha256, completion=completion.text,
+        finish_reason=completion.finish_reason, prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens, metadata=sample.prompt.metadata, created=now(),
+    ).model_dump(mode="json")
+
+
+def generate(model: ResolvedModel | RemoteModel, prompts: Sequence[Prompt], out: Path | None = None, *,
+             engine: str = "vllm",
+             n: int | Mapping[str, int] = 1, sampling: SamplingConfig = SamplingConfig(),
+             options: EngineOptions = EngineOptions(),
+             prompts_source: str = "inline", progress: ProgressCallback | None = None) -> GenerateResult:
+    """Generate ``n`` samples per prompt into one run directory: :func:`plan_job`, then :func:`run_jobs` with the
+    engine opened for it (not at all when every sample is already there)."""
+    job = plan_job(model, prompts, out, engine=engine, n=n, sampling=sampling, options=options,
+                   prompts_source=prompts_source)
+    # The engine opens before the run directory is created: an engine that cannot start leaves no files.
+    engine_context = open_engine(engine, model, options) if job.todo else nullcontext()
+    with engine_context as backend:
+        (result,) = run_jobs([job], backend, progress)
+    return result
+

@@ -55,3 +55,18 @@ def cpu_dtype(requested: str | None) -> str:
     if requested not in (None, AUTO):
         return requested
     return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+# Libraries vLLM's CPU guide asks to preload: the tcmalloc allocator (Debian's libtcmalloc-minimal4; no PyPI wheel
+# carries it) and Intel's OpenMP runtime (PyPI intel-openmp, installed into the environment's lib folder).
+TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
+IOMP_NAME = "libiomp5.so"
+
+
+def cpu_preloads() -> list[Path]:
+    """The preload libraries installed here, allocator first (the order vLLM's CPU guide gives)."""
+    import sys
+
+    found = [Path(path) for path in TCMALLOC_PATHS if Path(path).is_file()][:1]
+    iomp = Path(sys.prefix) / "lib" / IOMP_NAME
+    return found + ([iomp] if iomp.is_file() else [])

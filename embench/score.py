@@ -26,7 +26,7 @@ from embench.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from embench.generate import check_sample_count, generate
+from embench.generate import GenerationJob, check_sample_count, plan_job, run_jobs
 from embench.hashing import file_safe, sha256_file, sha256_json
 from embench.judges import JudgeRegistry, JudgeSpec
 from embench.judges.judging import judge_run
@@ -115,6 +115,14 @@ def task_sampling(task: Task, suite: Suite, spec: ScoreSpec) -> tuple[int, Sampl
     return samples, sampling
 
 
+def plan_task(prepared: PreparedScore, task: Task) -> GenerationJob:
+    """A task's samples, planned into its run directory inside the score directory."""
+    samples, sampling = task_sampling(task, prepared.suite, prepared.spec)
+    return plan_job(prepared.model, task.prompts(), task_run_dir(prepared.out, task.id), engine=prepared.spec.engine,
+                    n=task.sample_counts(samples), sampling=sampling, options=prepared.spec.options,
+                    prompts_source=f"task:{task.id}@{task.version}")
+
+
 def prepare_score(spec: ScoreSpec) -> PreparedScore:
     """Check everything (suite, tasks, judges, samples, engine, model) before any file is written."""
     if spec.samples is not None and spec.samples < 1:
@@ -178,6 +186,7 @@ def run_score(prepared: PreparedScore, status: Status | None = None) -> ScoreRun
         timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - clock
         clock = time.perf_counter()
 
+    jobs = [plan_task(prepared, task) for task in generation_tasks]  # checked before the engine loads
     engine_info = judge_info = None
     judged_tasks = [task for task in generation_tasks if prepared.judges[task.id]]
     with ExitStack() as generation_engine:
@@ -186,13 +195,8 @@ def run_score(prepared: PreparedScore, status: Status | None = None) -> ScoreRun
         if backend is not None:
             lap("model_load")
             engine_info = backend.info()
-            for task in generation_tasks:
-                samples, sampling = task_sampling(task, prepared.suite, spec)
-                generate(model, task.prompts(), task_run_dir(out, task.id), engine=spec.engine,
-                         n=task.sample_counts(samples),
-                         sampling=sampling, options=spec.options, prompts_source=f"task:{task.id}@{task.version}",
-                         progress=lambda done, total, task=task: say(f"generating {task.id}", done, total),
-                         open_backend=backend)
+            # One engine submission for the whole suite: the batch is every task's samples, not one task's.
+            run_jobs(jobs, backend, progress=lambda done, total: say(f"generating {prepared.suite.id}", done, total))
             lap("generation")
         if judged_tasks:
             if prepared.self_judging and backend is not None:
