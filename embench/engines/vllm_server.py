@@ -21,7 +21,7 @@ from embench.engines.base import EngineOptions
 from embench.engines.openai_engine import OpenAIEngine
 from embench.engines.vllm_engine import ADAPTER_NAME, lora_rank_limit, vllm_version
 from embench.errors import EmbenchError
-from embench.hardware import vllm_dtype
+from embench.hardware import cpu_preloads, has_cuda, vllm_dtype
 from embench.models import ResolvedModel
 
 SERVED_BASE_NAME = "embench-model"
@@ -66,6 +66,12 @@ class VLLMServer:
         env = dict(os.environ)
         # Multiprocess engine start-up compiles for minutes on CPU; the API server stays responsive without it.
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # vLLM's CPU guide preloads tcmalloc and Intel OpenMP (README, Generation speed): embench starts this
+        # process, so it can; a user's own LD_PRELOAD wins.
+        preloads = [] if "LD_PRELOAD" in env or has_cuda() else cpu_preloads()
+        if preloads:
+            env["LD_PRELOAD"] = ":".join(str(path) for path in preloads)
+        self.ld_preload = env.get("LD_PRELOAD", "")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=env, preexec_fn=_die_with_parent)
@@ -125,7 +131,8 @@ class VLLMServerEngine(OpenAIEngine):
     def info(self) -> dict:
         client = super().info()
         return {**client, "name": self.name, "version": vllm_version(), "openai_client": client["version"],
-                "dtype": vllm_dtype(self.options.dtype), "max_model_len": self.options.max_model_len}
+                "dtype": vllm_dtype(self.options.dtype), "max_model_len": self.options.max_model_len,
+                "ld_preload": self.server.ld_preload}
 
     def close(self) -> None:
         self.server.stop()
