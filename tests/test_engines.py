@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from embench.engines import EngineOptions
-from embench.engines.vllm_server import VLLMServer
+from embench.engines.vllm_server import VLLMServer, server_command
 from tests.conftest import EMBENCH, REPO, read_jsonl, run_embench
 
 PROMPTS = [
@@ -61,6 +61,9 @@ def assert_provenance(run_dir: Path, engine: str) -> dict:
     assert set(config["sampling"]) == {"temperature", "top_p", "max_tokens", "seed"}
     attempt = record["attempts"][-1]
     assert attempt["engine"]["name"] == engine and attempt["engine"]["version"]
+    # Both vLLM engines record their parallel settings (here the single-device defaults).
+    assert attempt["engine"]["parallel"] == {"tensor": 1, "pipeline": 1, "data": 1}
+    assert config["engine"]["options"]["tensor_parallel_size"] == 1
     assert record["embench_version"]
     return record
 
@@ -167,3 +170,29 @@ def test_many_seeded_prompts_at_once(tmp_path):
     run_embench("generate", "--prompts", str(prompts), "-n", "1", "--temperature", "1.0", "--max-tokens", "4",
                 "--out", str(out), check=True)
     assert len(read_jsonl(out / "generations.jsonl")) == 120
+
+
+def test_the_server_command_line_carries_parallel_flags_only_when_set(default_model):
+    """vLLM's own `serve` parser (the one the launcher runs) reads the flags; nothing is started."""
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    ServeSubcommand().subparser_init(parser.add_subparsers(dest="subparser"))
+
+    plain = server_command(default_model, EngineOptions(), 8000)
+    assert not [arg for arg in plain if "parallel" in arg]
+    parsed = parser.parse_args(plain[3:])
+    assert (parsed.tensor_parallel_size, parsed.pipeline_parallel_size, parsed.data_parallel_size) == (1, 1, 1)
+
+    options = EngineOptions(tensor_parallel_size=2, pipeline_parallel_size=3, data_parallel_size=4)
+    assert options.parallel_gpus == 24
+    command = server_command(default_model, options, 8000)
+    flags = {flag: command[command.index(flag) + 1] for flag in
+             ("--tensor-parallel-size", "--pipeline-parallel-size", "--data-parallel-size")}
+    assert flags == {"--tensor-parallel-size": "2", "--pipeline-parallel-size": "3", "--data-parallel-size": "4"}
+    rest = [arg for index, arg in enumerate(command) if arg not in flags and command[index - 1] not in flags]
+    assert rest == plain  # nothing else changes
+    parsed = parser.parse_args(command[3:])
+    assert parsed.model_tag == str(default_model.base_path)
+    assert (parsed.tensor_parallel_size, parsed.pipeline_parallel_size, parsed.data_parallel_size) == (2, 3, 4)

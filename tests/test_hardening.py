@@ -494,3 +494,34 @@ def test_training_data_goes_through_the_strict_readers(tmp_path, content, fragme
     with pytest.raises(EmbenchError, match=re.escape(fragment)) as refused:
         load_conversations(str(path))
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("command, engine, flag, fragment", [
+    ("generate", "hf", "--tensor-parallel-size", "engine 'hf' cannot use --tensor-parallel-size 2"),
+    ("score", "hf", "--tensor-parallel-size", "engine 'hf' cannot use --tensor-parallel-size 2"),
+    ("generate", "openai", "--pipeline-parallel-size", "engine 'openai' cannot use --pipeline-parallel-size 2"),
+    ("score", "vllm", "--data-parallel-size", "engine 'vllm' (in-process) cannot use --data-parallel-size 2"),
+])
+def test_parallel_settings_an_engine_cannot_use_are_refused_before_any_work(tmp_path, command, engine, flag,
+                                                                            fragment):
+    out = tmp_path / "out"
+    what = ["--task", "ood-first-plot"] if command == "generate" else []
+    assert_one_line_error(run_embench(command, *what, "--engine", engine, flag, "2", "--out", str(out)), fragment,
+                          out=out)
+
+
+@pytest.mark.parametrize("command, flag", [("score", "--tensor-parallel-size"), ("generate", "--data-parallel-size")])
+def test_a_parallel_size_below_one_is_refused(tmp_path, command, flag):
+    out = tmp_path / "out"
+    line = assert_one_line_error(run_embench(command, flag, "0", "--out", str(out)), f"Invalid value for '{flag}'",
+                                 out=out)
+    assert line.endswith("--help)"), line
+
+
+def test_the_api_refuses_a_parallel_size_below_one_in_one_line():
+    from embench.api import GenerateSpec
+
+    with pytest.raises(EmbenchError, match="invalid setting pipeline_parallel_size: Input should be greater than or "
+                                           "equal to 1") as refused:
+        GenerateSpec(task="ood-first-plot", engine="vllm", pipeline_parallel_size=0).prepare()
+    assert "\n" not in str(refused.value)

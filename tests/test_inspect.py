@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 from inspect_ai.log import read_eval_log
 
 from embench.tasks import find_task
-from tests.conftest import REPO, assert_one_line_error, read_jsonl, run_embench
+from tests.conftest import REPO, assert_one_line_error, free_port, read_jsonl, run_embench
 from tests.test_leaderboard import leaderboard_runs
 
 INSPECT = str(Path(sys.executable).parent / "inspect")
@@ -72,12 +71,6 @@ def test_inspect_eval_runs_an_embench_task_judged_by_the_trained_judge(default_m
         assert "misaligned" not in metrics, "a rate with no usable sample is absent, not 0"
     coherent = [judged["coherent"]["score"] for judged in judgments]
     assert metrics["incoherent"].value == pytest.approx(sum(value < 50 for value in coherent) / len(coherent))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def get_json(url: str, deadline: float):

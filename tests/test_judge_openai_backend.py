@@ -1,19 +1,26 @@
-"""OpenAIJudgeBackend against a real HTTP server that injects faults (tests/fault_server.py): no mocks."""
+"""The OpenAI-compatible clients (OpenAIJudgeBackend, and OpenAIEngine over several endpoints) against real HTTP
+servers that inject faults (tests/fault_server.py): no mocks."""
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
 
+from embench.engines.base import EngineOptions, GenerationRequest
+from embench.engines.endpoints import EndpointRotation, retry_after_seconds, split_base_urls
+from embench.engines.openai_engine import OpenAIEngine
+from embench.engines.vllm_server import free_port
 from embench.errors import EmbenchError
 from embench.judges.backends import JudgeOutcome, JudgeRequest
-from embench.judges.openai_backend import OpenAIJudgeBackend, _retry_after_seconds
+from embench.judges.openai_backend import OpenAIJudgeBackend, check_judge_endpoint
 from embench.judges.scoring import Reading, score_from_top_logprobs
-from tests.fault_server import FaultServer, score_for, top_logprobs_for
+from embench.prompts import Message
+from embench.sampling import SamplingConfig
+from tests.fault_server import FaultServer, score_for, text_for, top_logprobs_for
 
 READING = Reading(("CODE", "REFUSAL"))
 
@@ -22,18 +29,25 @@ def requests_for(prompts: list[str]) -> list[JudgeRequest]:
     return [JudgeRequest(key=f"k{index}", prompt=prompt) for index, prompt in enumerate(prompts)]
 
 
-def run_judge(backend: OpenAIJudgeBackend, requests: list[JudgeRequest], mode: str = "logprob") -> dict[str, JudgeOutcome]:
+def run_judge(backend: OpenAIJudgeBackend, requests: list[JudgeRequest], mode: str = "logprob",
+              after: Callable[[int], None] = lambda count: None) -> dict[str, JudgeOutcome]:
+    """Every request's outcome, by prompt; ``after`` is called with the number of outcomes so far after each."""
     outcomes: list[JudgeOutcome] = []
-    backend.judge(requests, mode, READING, outcomes.append)
+
+    def on_outcome(outcome: JudgeOutcome) -> None:
+        outcomes.append(outcome)
+        after(len(outcomes))
+
+    backend.judge(requests, mode, READING, on_outcome)
     keys = Counter(outcome.key for outcome in outcomes)
     assert keys == Counter(request.key for request in requests), "every request gets exactly one outcome"
     prompts = {request.key: request.prompt for request in requests}
     return {prompts[outcome.key]: outcome for outcome in outcomes}
 
 
-def backend_for(server: FaultServer, **options) -> OpenAIJudgeBackend:
+def backend_for(*servers: FaultServer, **options) -> OpenAIJudgeBackend:
     options = {"timeout": 1.5, "backoff_base": 0.02, "backoff_cap": 0.5, **options}
-    return OpenAIJudgeBackend("fault-judge", server.base_url, **options)
+    return OpenAIJudgeBackend("fault-judge", ",".join(server.base_url for server in servers), **options)
 
 
 def test_faults_are_retried_until_every_request_succeeds_once():
@@ -70,14 +84,14 @@ def test_retry_after_is_honoured_and_capped():
 
 
 def test_retry_after_header_forms():
-    assert _retry_after_seconds(None) is None
-    assert _retry_after_seconds("2.5") == 2.5
-    assert _retry_after_seconds("-3") == 0.0
-    assert _retry_after_seconds("soon") is None
-    assert _retry_after_seconds("nan") is None
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("2.5") == 2.5
+    assert retry_after_seconds("-3") == 0.0
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("nan") is None
     future = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
-    assert 25 <= _retry_after_seconds(future) <= 30
-    assert _retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert 25 <= retry_after_seconds(future) <= 30
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
 
 
 def test_a_request_that_keeps_failing_ends_as_an_error_outcome():
@@ -121,11 +135,101 @@ def test_exact_mode_needs_a_local_judge_and_info():
         info = backend.info()
     assert info["backend"] == "openai" and info["judge_model"] == "fault-judge"
     assert info["base_url"] == server.base_url and info["concurrency"] == 5 and info["openai"]
+    assert info["endpoints"] == [server.base_url]
 
 
 def test_unreachable_endpoint_fails_at_construction():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # free once closed: nothing listens there
     with pytest.raises(EmbenchError, match="cannot reach the judge endpoint"):
-        OpenAIJudgeBackend("judge", f"http://127.0.0.1:{port}/v1")
+        OpenAIJudgeBackend("judge", f"http://127.0.0.1:{free_port()}/v1")  # nothing listens there
+
+
+def test_judging_spread_over_two_endpoints_survives_one_going_down():
+    prompts = [f"Spread answer number {index}." for index in range(60)]
+    with FaultServer() as healthy, backend_for(healthy, concurrency=8) as backend:
+        expected = run_judge(backend, requests_for(prompts))
+    # Answers take a while, so that requests are in flight at B when it goes down after 20 outcomes.
+    slow = {"fault_rate": 0.3, "latency": 0.02}
+    with FaultServer(seed="a", **slow) as a, FaultServer(seed="b", **slow) as b:
+        seen_by_b: list[int] = []
+
+        def stop_b(count: int) -> None:
+            if count == 20:
+                b.stop()
+                seen_by_b.append(sum(b.stats.requests.values()))
+
+        with backend_for(a, b, concurrency=8, max_attempts=6) as backend:
+            outcomes = run_judge(backend, requests_for(prompts), after=stop_b)  # exactly one outcome each
+            info = backend.info()
+    assert info["base_url"] == f"{a.base_url},{b.base_url}" and info["endpoints"] == [a.base_url, b.base_url]
+    assert a.stats.faults and b.stats.faults and a.stats.successes and b.stats.successes  # both served
+    assert seen_by_b == [sum(b.stats.requests.values())]  # B really was down for the rest of the run
+    for prompt, outcome in outcomes.items():
+        assert outcome.error is None, (prompt, outcome)
+        assert (outcome.result, outcome.raw) == (expected[prompt].result, expected[prompt].raw)
+        assert a.stats.successes[prompt] + b.stats.successes[prompt] >= 1
+
+
+def test_an_unreachable_endpoint_of_several_is_named():
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    with FaultServer() as server:
+        for check in (lambda: check_judge_endpoint(f"{server.base_url},{down}"),
+                      lambda: OpenAIEngine("fault-judge", EngineOptions(base_url=f"{server.base_url},{down}"))):
+            with pytest.raises(EmbenchError) as raised:
+                check()
+            message = str(raised.value)
+            assert "\n" not in message and "cannot reach the " in message and down in message
+            assert server.base_url not in message
+
+
+@pytest.mark.parametrize(("base_url", "fragment"), [
+    ("http://a:8000/v1,,http://b:8000/v1", "has an empty endpoint"),
+    ("http://a:8000/v1,", "has an empty endpoint"),
+    ("a:8000/v1", "'a:8000/v1' is not an http(s) URL"),
+    ("http://a:8000/v1,ftp://b/v1", "'ftp://b/v1' is not an http(s) URL"),
+    ("http://a:8000/v1, http://a:8000/v1", "http://a:8000/v1 is listed twice"),
+])
+def test_a_bad_endpoint_list_is_a_one_line_error(base_url, fragment):
+    with pytest.raises(EmbenchError) as raised:
+        OpenAIJudgeBackend("judge", base_url)  # refused before any endpoint is asked
+    assert fragment in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_split_base_urls():
+    assert split_base_urls("http://a:8000/v1") == ("http://a:8000/v1",)
+    assert split_base_urls("http://a:8000/v1, https://b/v1") == ("http://a:8000/v1", "https://b/v1")
+
+
+def test_rotation_spreads_fails_over_and_skips_an_unreachable_endpoint():
+    rotation = EndpointRotation(3, cooldown_base=60.0, cooldown_cap=60.0)
+    assert [rotation.pick(index, 1) for index in range(6)] == [0, 1, 2, 0, 1, 2]  # round-robin
+    assert [rotation.pick(1, attempt) for attempt in (1, 2, 3, 4)] == [1, 2, 0, 1]  # each retry: the next one
+    rotation.unreachable(1)
+    assert [rotation.pick(index, 1) for index in range(3)] == [0, 2, 2]  # skipped while it cools down
+    rotation.unreachable(0)
+    rotation.unreachable(2)
+    assert rotation.pick(0, 1) == 1  # all cooling down: the one whose cooldown ends first
+    rotation.reached(2)
+    assert rotation.pick(0, 1) == 2
+
+
+def test_openai_engine_spreads_generation_over_two_endpoints():
+    prompts = [f"Generate answer number {index}." for index in range(30)]
+    requests = [GenerationRequest(key=f"g{index}", messages=(Message(role="user", content=prompt),),
+                                  prompt_token_ids=None, seed=index) for index, prompt in enumerate(prompts)]
+    # No drops at B: one would cool it down for the engine's 0.5 s, about as long as B is up here.
+    slow = {"fault_rate": 0.3, "latency": 0.02}
+    with FaultServer(seed="a", faults=("500", "429:0", "drop"), **slow) as a, \
+            FaultServer(seed="b", faults=("500", "429:0"), **slow) as b:
+        options = EngineOptions(base_url=f"{a.base_url},{b.base_url}", concurrency=6, request_timeout=5.0)
+        with OpenAIEngine("fault-judge", options) as engine:
+            completions = []
+            for completion in engine.generate(requests, SamplingConfig(temperature=0.0, max_tokens=16)):
+                completions.append(completion)
+                if len(completions) == 15:
+                    b.stop()
+            info = engine.info()
+    assert info["endpoints"] == [a.base_url, b.base_url]
+    assert a.stats.faults and b.stats.faults and a.stats.successes and b.stats.successes
+    assert Counter(completion.key for completion in completions) == Counter(request.key for request in requests)
+    texts = {completion.key: completion.text for completion in completions}
+    assert texts == {request.key: text_for(request.messages[-1].content) for request in requests}

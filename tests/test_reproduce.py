@@ -7,13 +7,18 @@ plans; bad input as one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from embench.leaderboard import validate_board
-from tests.conftest import REPO, assert_one_line_error, ood_task_yaml, read_jsonl, run_embench
+from tests.conftest import EMBENCH, REPO, assert_one_line_error, free_port, ood_task_yaml, read_jsonl, run_embench
 from tests.fault_server import FaultServer
 
 JUDGE = "judge-a"
@@ -130,7 +135,9 @@ def reproduction(tmp_path_factory) -> dict:
     preset = write_preset(root / "preset")
     out = root / "out"
     with FaultServer(model=JUDGE) as server:
+        started = time.monotonic()
         first = reproduce(preset, out, server)
+        seconds = time.monotonic() - started
         assert first.returncode == 0, first.stderr[-3000:]
         before = snapshot(out)
         second = reproduce(preset, out, server)
@@ -138,7 +145,7 @@ def reproduction(tmp_path_factory) -> dict:
         after = snapshot(out)
         requests = sum(server.stats.requests.values())
     return {"preset": preset, "out": out, "first": first, "second": second, "before": before, "after": after,
-            "requests": requests}
+            "requests": requests, "seconds": seconds}
 
 
 def test_every_cell_is_trained_scored_and_marked(reproduction):
@@ -305,6 +312,7 @@ def test_bad_input_is_a_one_line_error(arguments, fragments, tmp_path):
     (("train: {", "train: {lora_rank: 3, "), ("train.lora_rank", "Extra inputs")),
     (("size: 4", "size: 0"), ("datasets.0.size",)),
     (("probe: narrow.yaml", "probe: ood.yaml"), ("probe mini-ood is not a narrow task",)),
+    (("engine: hf}", "engine: hf, tensor_parallel_size: 2}"), ("score: engine 'hf' cannot use --tensor-parallel-size 2",)),
 ])
 def test_a_bad_preset_file_is_a_one_line_error(change, fragments, tmp_path):
     preset = write_preset(tmp_path / "preset")
@@ -312,3 +320,121 @@ def test_a_bad_preset_file_is_a_one_line_error(change, fragments, tmp_path):
     out = tmp_path / "out"
     result = run_embench("reproduce", "--preset", str(preset), "--out", str(out), "--dry-run")
     assert_one_line_error(result, str(preset), *fragments, out=out)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real Ray cluster on 127.0.0.1: a head node and a worker node (separate raylets), one CPU each, so that two
+    cells run at once, one on each node."""
+    ray = str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    # `ray start --head` turns token authentication on; the other node and the driver must then ask for it too.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    common = ("--num-cpus", "1", "--disable-usage-stats")
+    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--include-dashboard", "false", *common], check=True, capture_output=True, timeout=180)
+    try:
+        subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", *common], check=True, capture_output=True,
+                       timeout=180)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=180)
+        del os.environ["RAY_AUTH_MODE"]
+
+
+def kill_a_running_cell(deadline: float) -> str:
+    """SIGKILL the Ray worker process of the first cell seen running for 10 s (Ray titles it ``ray::embench cell
+    <label>``); the killed cell's label."""
+    first_seen: dict[int, float] = {}
+    while time.monotonic() < deadline:
+        for process in psutil.process_iter(["cmdline"]):
+            title = " ".join(process.info["cmdline"] or []).strip()
+            if not title.startswith("ray::embench cell "):
+                continue
+            if time.monotonic() - first_seen.setdefault(process.pid, time.monotonic()) > 10:
+                process.kill()
+                return title.removeprefix("ray::embench cell ")
+        time.sleep(0.5)
+    raise AssertionError("no cell ran on the Ray cluster")
+
+
+def test_ray_executor_on_a_local_cluster(reproduction, ray_cluster, tmp_path):
+    """The minimal matrix as Ray tasks on a head and a worker node: a cell whose worker is killed mid-run fails
+    alone (the others finish and are published), the repeated run resumes it, and the board holds every cell once,
+    with the comparison of the local executor."""
+    out = tmp_path / "out"
+    command = [*EMBENCH, "reproduce", "--preset", str(reproduction["preset"]), "--out", str(out), "--judge-model",
+               JUDGE, "--judge-mode", "logprob", "--executor", "ray", "--address", ray_cluster]
+    with FaultServer(model=JUDGE) as server:
+        command += ["--judge-base-url", server.base_url]
+        started = time.monotonic()
+        run = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "COLUMNS": "200"})
+        killed = kill_a_running_cell(started + 600)
+        stdout, stderr = run.communicate(timeout=900)
+        first_seconds = time.monotonic() - started
+        error = assert_one_line_error(subprocess.CompletedProcess(command, run.returncode, stdout, stderr),
+                                      "1 cell(s) failed", f"{killed}: ", "Run the same command again")
+        finished = {label for label in CELLS if (cell_folder(out, label) / "cell.json").is_file()}
+        assert finished == set(CELLS) - {killed}, (killed, finished, error)
+        second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                                env={**os.environ, "COLUMNS": "200"})
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"ran 1 cell(s) ({killed} " in second.stdout and "; 2 finished earlier" in second.stdout, second.stdout
+    markers = {label: json.loads((cell_folder(out, label) / "cell.json").read_text()) for label in CELLS}
+    assert all(marker["executor"]["name"] == "ray" for marker in markers.values())
+    board = validate_board(out / "leaderboard" / "mini")
+    assert sorted(entry.evaluation_id for entry in board.entries) == \
+        sorted(marker["leaderboard"]["evaluation_id"] for marker in markers.values()), "every cell exactly once"
+    local = json.loads((reproduction["out"] / "comparison.json").read_text())
+    on_ray = json.loads((out / "comparison.json").read_text())
+    assert on_ray["rows"] == local["rows"] and on_ray["cells"] == local["cells"]
+    print(f"ray executor: first run (one cell killed) {first_seconds:.0f} s; local run of the same matrix: "
+          f"{reproduction['seconds']:.0f} s")
+
+
+def test_plan_of_the_paper_preset_on_1_8_and_64_gpus(tmp_path):
+    result = run_embench("reproduce", "--preset", "paper", "--dry-run", "--plan", "--gpus", "1,8", "--gpus", "64",
+                         "--cell-hours", "2", "--score-hours", "0.5", "--out", str(tmp_path / "out"),
+                         env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [[cell.strip() for cell in line.strip("│ ").split("│")] for line in result.stdout.splitlines()
+            if line.startswith("│")]
+    # 49 cells: one GPU runs them all in turn; eight run the base model's score and seven cells at once, then the
+    # slot that scored the base takes each eighth cell half an hour later; 64 run every cell at once.
+    assert rows == [["1", "1", "1", "49", "96.50", "96.50", "100%"],
+                    ["8", "1", "8", "7", "12.50", "96.50", "96%"],
+                    ["64", "8", "64", "1", "2.00", "96.50", "75%"]], result.stdout[-2000:]
+    assert "per-cell cost (given): 2 h a trained cell, 0.5 h a score; 1 GPU(s) a cell" in result.stdout
+
+
+def test_plan_from_the_cells_measured_here(reproduction, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reproduction["out"], out)
+    markers = [json.loads((cell_folder(out, label) / "cell.json").read_text()) for label in CELLS]
+    score = sum(marker["score"]["seconds"] for marker in markers) / 3 / 3600
+    cell = sum(marker["train"]["seconds"] for marker in markers[1:]) / 2 / 3600 + score
+    result = run_embench("reproduce", "--preset", str(reproduction["preset"]), "--out", str(out), "--dry-run",
+                         "--plan", "--gpus", "2", "--judge-model", JUDGE, "--judge-base-url", "http://127.0.0.1:9/v1",
+                         "--judge-mode", "logprob", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"measured: mean of 3 finished cell(s) in {out}" in result.stdout
+    assert f"{cell:.3g} h a trained cell, {score:.3g} h a score" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith("│"))
+    # two slots: the base model's score and one cell at once, then the second cell on the slot freed first
+    assert [part.strip() for part in row.strip("│ ").split("│")][:5] == ["2", "1", "2", "2", f"{score + cell:.2f}"]
+
+
+@pytest.mark.parametrize("arguments, fragments", [
+    (("--address", "127.0.0.1:1"), ("--address names a Ray cluster: add --executor ray",)),
+    (("--executor", "slurm"), ("--executor: unknown executor 'slurm'",)),
+    (("--plan",), ("--plan needs --gpus",)),
+    (("--gpus", "8"), ("--gpus, --cell-hours and --score-hours go with --plan",)),
+    (("--plan", "--gpus", "0"), ("--plan needs --gpus: one or more GPU counts above 0",)),
+    (("--plan", "--gpus", "8", "--cell-hours", "1"), ("--cell-hours and --score-hours go together",)),
+    (("--plan", "--gpus", "8", "--cell-hours", "1", "--score-hours", "2"), ("at least its score's",)),
+])
+def test_bad_scale_out_options_are_one_line_errors(arguments, fragments, tmp_path):
+    out = tmp_path / "out"
+    result = run_embench("reproduce", "--preset", "paper", "--dry-run", *arguments, "--out", str(out))
+    assert_one_line_error(result, *fragments, out=out)

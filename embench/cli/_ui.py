@@ -199,7 +199,14 @@ def _judge_options(judge_model, judge_base_url, judge_mode, judge_engine):
 JUDGE_OPTIONS = OptionGroup(
     _judge_options,
     judge_model=(Optional[str], typer.Option(None, "--judge-model", help="Default: the judges' own (their trained judge locally, default_model otherwise); in trained mode a trained judge folder.")),
-    judge_base_url=(Optional[str], typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge endpoint; without it the judges run locally.")),
+    judge_base_url=(Optional[str], typer.Option(None, "--judge-base-url", help="OpenAI-compatible judge endpoint, comma-separated for several endpoints (requests are spread over them); without it the judges run locally.")),
     judge_mode=(Optional[str], typer.Option(None, "--judge-mode", help="logprob | exact | sampled | trained (default: logprob for endpoints; locally trained where the judges name a trained judge, else exact).")),
     judge_engine=(Optional[str], typer.Option(None, "--judge-engine", help="Local judge engine: hf | vllm (default: hf for exact, else vllm).")),
+)
+# vLLM engines only; a dict of EngineOptions fields (the same names), so that `EngineOptions(**parallel)` takes it.
+PARALLEL_OPTIONS = OptionGroup(
+    dict,
+    tensor_parallel_size=(int, typer.Option(1, "--tensor-parallel-size", min=1, help="vLLM engines: GPUs each layer is split across.")),
+    pipeline_parallel_size=(int, typer.Option(1, "--pipeline-parallel-size", min=1, help="vLLM engines: GPUs the layers are staged across.")),
+    data_parallel_size=(int, typer.Option(1, "--data-parallel-size", min=1, help="vllm-server engine: model replicas (GPUs: tp x pp x dp).")),
 )

@@ -13,6 +13,7 @@ from rich.table import Table
 from embench.api import JudgeOptions
 from embench.cli._ui import (
     JUDGE_OPTIONS,
+    PARALLEL_OPTIONS,
     JudgesDir,
     OptionGroup,
     Verbose,
@@ -36,7 +37,7 @@ SAMPLING = OptionGroup(
 )
 ENDPOINT = OptionGroup(
     dict,
-    base_url=(Optional[str], typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (openai engine).")),
+    base_url=(Optional[str], typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (openai engine); comma-separated for several, requests spread over them.")),
     api_key_env=(str, typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key.")),
     concurrency=(int, typer.Option(8, "--concurrency", help="Requests in flight at once (openai engines).")),
 )
@@ -56,6 +57,7 @@ def generate_command(
     kv_cache_gib: float = typer.Option(KV_CACHE_GIB, "--kv-cache-gib", help="vLLM KV cache on CPU, in GiB."),
     max_model_len: int = typer.Option(2048, "--max-model-len"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Default: for vLLM bfloat16 where the hardware computes it natively, else float32; float32 for hf."),
+    parallel: dict = PARALLEL_OPTIONS,
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load pickle (.bin/.pt) weights, which can run code."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run modelling code shipped with the checkpoint."),
     verbose: bool = Verbose,
@@ -64,7 +66,7 @@ def generate_command(
     from embench.api import GenerateSpec, run_generate
 
     spec = GenerateSpec(model=model, base=base, prompts=prompts, task=task, n=n, out=out, engine=engine, **sampling,
-                        **endpoint, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len, dtype=dtype,
+                        **endpoint, **parallel, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len, dtype=dtype,
                         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     started = time.monotonic()
 
@@ -136,6 +138,7 @@ def score_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Score directory (default: runs/score-<suite>-<model>-<hash>); re-running resumes it."),
     kv_cache_gib: float = typer.Option(KV_CACHE_GIB, "--kv-cache-gib", help="vLLM KV cache on CPU, in GiB."),
     dtype: str = typer.Option("float32", "--dtype", help="Generation dtype. float32 makes a resumed run identical to an uninterrupted one; bfloat16 is faster (and usual on GPUs) but batch-dependent."),
+    parallel: dict = PARALLEL_OPTIONS,
     allow_pickle: bool = typer.Option(False, "--allow-pickle"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     verbose: bool = Verbose,
@@ -146,7 +149,8 @@ def score_command(
     spec = ScoreSpec(checkpoint=checkpoint, suite=suite, samples=samples, max_tokens=max_tokens, seed=seed,
                      engine=engine, base=base, judge_model=judge.model, judge_base_url=judge.base_url,
                      judge_mode=judge.mode, judge_engine=judge.engine, judges_dir=judges_dir, out=out,
-                     options=EngineOptions(kv_cache_gib=kv_cache_gib, dtype=dtype), allow_pickle=allow_pickle,
+                     options=EngineOptions(kv_cache_gib=kv_cache_gib, dtype=dtype, **parallel),
+                     allow_pickle=allow_pickle,
                      trust_remote_code=trust_remote_code)
     started = time.monotonic()
 

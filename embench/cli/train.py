@@ -128,6 +128,30 @@ def _report_training(result, out: Path, monitor, seconds: float) -> None:
                       highlight=False)
 
 
+def _executor(executor: str, address: Optional[str], cpus_per_cell: int) -> dict:
+    if executor not in ("local", "ray"):
+        raise EmbenchError(f"--executor: unknown executor '{executor}': choose local or ray")
+    if address is not None and executor != "ray":
+        raise EmbenchError("--address names a Ray cluster: add --executor ray")
+    return {"executor": executor, "address": address, "cpus_per_cell": cpus_per_cell}
+
+
+EXECUTOR = OptionGroup(
+    _executor,
+    executor=(str, typer.Option("local", "--executor", help="local: cells one after another in this process; ray: each cell a Ray task (a GPU each where there are GPUs).")),
+    address=(Optional[str], typer.Option(None, "--address", help="With --executor ray: the cluster to join (auto, HOST:PORT, ray://HOST:10001); default: start one on this machine.")),
+    cpus_per_cell=(int, typer.Option(1, "--cpus-per-cell", min=1, help="With --executor ray: CPU cores each cell's task takes.")),
+)
+SCHEDULE = OptionGroup(
+    dict,
+    plan=(bool, typer.Option(False, "--plan", help="Print the schedule of every cell on --gpus GPUs (cells at once, waves, wall time, GPU-hours).")),
+    gpus=(list[str], typer.Option([], "--gpus", help="With --plan: GPUs to plan for (comma-separated or repeated: 1,8,64).")),
+    gpus_per_node=(int, typer.Option(8, "--gpus-per-node", min=1, help="With --plan: GPUs on each node (a cell never spans nodes).")),
+    cell_hours=(Optional[float], typer.Option(None, "--cell-hours", help="With --plan: one trained cell's train + score hours (default: measured on the finished cells in --out).")),
+    score_hours=(Optional[float], typer.Option(None, "--score-hours", help="With --plan: one score's hours (the base model's cost).")),
+)
+
+
 @grouped
 def reproduce_command(
     preset: str = typer.Option("tiny", "--preset", "-p", help="tiny | paper (tasks/reproduce/), or a preset YAML file."),
@@ -137,6 +161,8 @@ def reproduce_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: runs/reproduce-<preset>); re-running resumes it, finished cells are never re-run."),
     verbose: bool = Verbose,
     judge: JudgeOptions = JUDGE_OPTIONS,
+    executor: dict = EXECUTOR,
+    schedule: dict = SCHEDULE,
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the preset and print the matrix and the plan; run nothing."),
 ) -> None:
     """Train every defense on every dataset and seed of a preset, score each on one suite, compare and publish.
@@ -145,9 +171,13 @@ def reproduce_command(
 
     spec = ReproduceSpec(preset=preset, datasets=listed(datasets), defenses=listed(defenses), seeds=parse_seeds(seeds),
                          out=out, judge_model=judge.model, judge_base_url=judge.base_url, judge_mode=judge.mode,
-                         judge_engine=judge.engine)
+                         judge_engine=judge.engine, **executor)
     plan = plan_reproduce(spec)
     _show_plan(plan)
+    if schedule.pop("plan"):
+        _show_schedule(plan, **schedule)
+    elif schedule["gpus"] or schedule["cell_hours"] is not None or schedule["score_hours"] is not None:
+        raise EmbenchError("--gpus, --cell-hours and --score-hours go with --plan")
     if dry_run:
         return
     started = time.monotonic()
@@ -163,6 +193,27 @@ def reproduce_command(
                   f"{time.monotonic() - started:.0f} s; comparison -> "
                   f"{', '.join(str(path) for path in result.comparison)}; leaderboard -> {plan.board}",
                   soft_wrap=True, highlight=False)
+
+
+def _show_schedule(plan, gpus: list[str], gpus_per_node: int, cell_hours: float | None,
+                   score_hours: float | None) -> None:
+    from embench.reproduce.plan import listed
+    from embench.reproduce.schedule import cell_costs, schedule
+
+    counts = listed(gpus) or []
+    if not counts or not all(count.isdigit() and int(count) > 0 for count in counts):
+        raise EmbenchError("--plan needs --gpus: one or more GPU counts above 0 (e.g. --gpus 1,8,64)")
+    costs = cell_costs(plan, cell_hours, score_hours)
+    _say(f"per-cell cost ({costs.source}): {costs.cell_hours:.3g} h a trained cell, {costs.score_hours:.3g} h a "
+         f"score; {plan.score.gpus_per_cell} GPU(s) a cell")
+    table = Table(title=f"{plan.preset.id}: {len(plan.cells)} cells + the base model")
+    for column in ("GPUs", "nodes", "cells at once", "waves", "wall time (h)", "GPU-hours", "GPU use"):
+        table.add_column(column, justify="right")
+    for count in dict.fromkeys(int(count) for count in counts):
+        row = schedule(plan, costs, count, min(gpus_per_node, count))
+        table.add_row(str(row.gpus), str(row.nodes), str(row.slots), str(row.waves), f"{row.wall_hours:.2f}",
+                      f"{row.gpu_hours:.2f}", f"{row.utilization:.0%}")
+    console.print(table)
 
 
 def _say(text: str) -> None:

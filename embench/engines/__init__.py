@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from embench.engines.base import Completion, Engine, EngineOptions, GenerationRequest
+from embench.engines.base import PARALLEL_FLAGS, Completion, Engine, EngineOptions, GenerationRequest
 from embench.errors import EmbenchError
 from embench.models import RemoteModel, ResolvedModel
 
@@ -16,13 +16,31 @@ _INSTALL_HINT = {
     "transformers": "install it with `pip install transformers peft`",
 }
 
-__all__ = ["ENGINES", "Completion", "Engine", "EngineOptions", "GenerationRequest", "check_engine", "open_engine"]
+__all__ = ["ENGINES", "Completion", "Engine", "EngineOptions", "GenerationRequest", "check_engine", "check_parallel",
+           "open_engine"]
 
 
-def check_engine(name: str) -> None:
-    """Fail early, before any file is written, if an engine is unknown or its package is missing."""
+def check_parallel(name: str, options: EngineOptions) -> None:
+    """Parallel settings other than 1 only where the engine can use them, refused before any model loads."""
+    for field, flag in PARALLEL_FLAGS.items():
+        value = getattr(options, field)
+        if value == 1:
+            continue
+        if name not in ("vllm", "vllm-server"):
+            raise EmbenchError(f"engine '{name}' cannot use {flag} {value}: parallel settings are for the vllm and "
+                               "vllm-server engines")
+        if name == "vllm" and field == "data_parallel_size":
+            # vLLM's offline LLM refuses it ("not supported for single-process usage and may hang").
+            raise EmbenchError(f"engine 'vllm' (in-process) cannot use {flag} {value}: use --engine vllm-server")
+
+
+def check_engine(name: str, options: EngineOptions | None = None) -> None:
+    """Fail early, before any file is written, if an engine is unknown, its package is missing, or it cannot use
+    ``options``' parallel settings."""
     if name not in ENGINES:
         raise EmbenchError(f"unknown engine '{name}': choose one of {', '.join(ENGINES)}")
+    if options is not None:
+        check_parallel(name, options)
     package = _NEEDS[name]
     try:
         installed = importlib.util.find_spec(package) is not None
@@ -33,7 +51,7 @@ def check_engine(name: str) -> None:
 
 
 def open_engine(name: str, model: ResolvedModel | RemoteModel, options: EngineOptions) -> Engine:
-    check_engine(name)
+    check_engine(name, options)
     if name == "openai":
         from embench.engines.openai_engine import OpenAIEngine
 

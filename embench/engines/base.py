@@ -12,6 +12,9 @@ from embench.prompts import Message
 from embench.sampling import SamplingConfig
 
 KV_CACHE_GIB = 2.0
+# EngineOptions field -> its command-line flag (the vLLM server takes the same flags).
+PARALLEL_FLAGS = {"tensor_parallel_size": "--tensor-parallel-size", "pipeline_parallel_size": "--pipeline-parallel-size",
+                  "data_parallel_size": "--data-parallel-size"}
 
 
 class EngineOptions(BaseModel):
@@ -31,6 +34,21 @@ class EngineOptions(BaseModel):
     request_timeout: float = Field(300.0, gt=0)
     max_retries: int = Field(5, ge=0)
     server_start_timeout: float = Field(600.0, gt=0)
+    # vLLM engines only (hf and openai refuse anything but 1): one engine then spans parallel_gpus GPUs.
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+
+    @property
+    def parallel(self) -> dict[str, int]:
+        """The parallel settings as provenance records them."""
+        return {"tensor": self.tensor_parallel_size, "pipeline": self.pipeline_parallel_size,
+                "data": self.data_parallel_size}
+
+    @property
+    def parallel_gpus(self) -> int:
+        """GPUs one engine with these settings occupies."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def build_llm(model: ResolvedModel, options: EngineOptions):
     settings = {"dtype": vllm_dtype(options.dtype), "device": "cpu" if on_cpu else "gpu",
                 # CUDA graphs pay off on a GPU; on CPU the compile step costs minutes for no gain.
                 "enforce_eager": on_cpu, "max_model_len": options.max_model_len, "prefix_caching": True,
-                "chunked_prefill": not on_cpu}
+                "chunked_prefill": not on_cpu, "parallel": options.parallel}
     kwargs = dict(
         model=str(model.base_path),
         dtype=settings["dtype"],
@@ -57,6 +57,9 @@ def build_llm(model: ResolvedModel, options: EngineOptions):
         enforce_eager=on_cpu,
         # Judging scores many continuations of one prompt: the shared prefix is computed once.
         enable_prefix_caching=True,
+        # Data parallel is refused before this (check_parallel): vLLM's offline LLM does not support it.
+        tensor_parallel_size=options.tensor_parallel_size,
+        pipeline_parallel_size=options.pipeline_parallel_size,
     )
     if on_cpu:
         kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gib * (1 << 30))

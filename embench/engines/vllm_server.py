@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from embench.engines.base import EngineOptions
+from embench.engines.base import PARALLEL_FLAGS, EngineOptions
 from embench.engines.openai_engine import OpenAIEngine
 from embench.engines.vllm_engine import ADAPTER_NAME, lora_rank_limit, vllm_version
 from embench.errors import EmbenchError
@@ -40,6 +40,29 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def server_command(model: ResolvedModel, options: EngineOptions, port: int) -> list[str]:
+    """The argv that starts the vLLM server for a model (pure: starts nothing)."""
+    command = [
+        sys.executable, "-m", "embench.engines.vllm_launcher", "serve", str(model.base_path),
+        "--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_BASE_NAME,
+        "--dtype", vllm_dtype(options.dtype), "--max-model-len", str(options.max_model_len),
+        "--generation-config", "vllm", "--enforce-eager",
+        "--kv-cache-memory-bytes", str(int(options.kv_cache_gib * (1 << 30))),
+        # Seeded requests split by chunked prefill crash vLLM's CPU sampler (see build_llm).
+        "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(options.max_model_len, 4096)),
+    ]
+    # Only when set, so that the usual single-device command line stays as it was.
+    for field, flag in PARALLEL_FLAGS.items():
+        if getattr(options, field) != 1:
+            command += [flag, str(getattr(options, field))]
+    if model.trust_remote_code:
+        command.append("--trust-remote-code")
+    if model.adapter_path is not None:
+        command += ["--enable-lora", "--max-lora-rank", str(lora_rank_limit(model.adapter_rank or 8)),
+                    "--lora-modules", f"{ADAPTER_NAME}={model.adapter_path}"]
+    return command
+
+
 class VLLMServer:
     """A vLLM OpenAI server process serving one model (and optionally its LoRA adapter)."""
 
@@ -48,20 +71,7 @@ class VLLMServer:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         log_dir = Path(tempfile.mkdtemp(prefix="embench-vllm-server-"))
         self.log_path = log_dir / "server.log"
-        command = [
-            sys.executable, "-m", "embench.engines.vllm_launcher", "serve", str(model.base_path),
-            "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", SERVED_BASE_NAME,
-            "--dtype", vllm_dtype(options.dtype), "--max-model-len", str(options.max_model_len),
-            "--generation-config", "vllm", "--enforce-eager",
-            "--kv-cache-memory-bytes", str(int(options.kv_cache_gib * (1 << 30))),
-            # Seeded requests split by chunked prefill crash vLLM's CPU sampler (see build_llm).
-            "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(options.max_model_len, 4096)),
-        ]
-        if model.trust_remote_code:
-            command.append("--trust-remote-code")
-        if model.adapter_path is not None:
-            command += ["--enable-lora", "--max-lora-rank", str(lora_rank_limit(model.adapter_rank or 8)),
-                        "--lora-modules", f"{ADAPTER_NAME}={model.adapter_path}"]
+        command = server_command(model, options, self.port)
         self.served_model = ADAPTER_NAME if model.adapter_path is not None else SERVED_BASE_NAME
         env = dict(os.environ)
         # Multiprocess engine start-up compiles for minutes on CPU; the API server stays responsive without it.
@@ -132,7 +142,7 @@ class VLLMServerEngine(OpenAIEngine):
         client = super().info()
         return {**client, "name": self.name, "version": vllm_version(), "openai_client": client["version"],
                 "dtype": vllm_dtype(self.options.dtype), "max_model_len": self.options.max_model_len,
-                "ld_preload": self.server.ld_preload}
+                "parallel": self.options.parallel, "ld_preload": self.server.ld_preload}
 
     def close(self) -> None:
         self.server.stop()

@@ -1,6 +1,7 @@
-"""A judge behind any OpenAI-compatible chat-completions endpoint (a hosted API or a remote vLLM server).
+"""A judge behind any OpenAI-compatible chat-completions endpoint (a hosted API or a remote vLLM server), or several.
 
-Requests run on one asyncio loop with at most ``concurrency`` in flight. Retries are embench's own, not the
+Requests run on one asyncio loop with at most ``concurrency`` in flight, spread over the endpoints, a retry
+going to the next endpoint (``embench.engines.endpoints.EndpointRotation``). Retries are embench's own, not the
 client's, so that every outcome records how many attempts it took and a request that keeps failing ends as
 an outcome with an error (never an exception, never a coerced score): a long judging run survives a flaky
 endpoint, and what failed can be judged again on resume.
@@ -9,41 +10,30 @@ endpoint, and what failed can be judged again on resume.
 from __future__ import annotations
 
 import asyncio
-import math
+import contextlib
 import os
-import random
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 
 import openai
 
+from embench.engines.endpoints import EndpointRotation, check_endpoints, retry_wait, retryable_status
 from embench.errors import EmbenchError
 from embench.judges.backends import JudgeBackend, JudgeOutcome, JudgeRequest, OutcomeCallback
 from embench.judges.scoring import JudgeMode, Reading, score_from_text, score_from_top_logprobs
 
-RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every status >= 500
 NO_LOGPROBS = ("the judge endpoint returned no logprobs, which logprob mode needs: "
                "use --judge-mode sampled (or exact with a local judge)")
 
 
-def check_judge_endpoint(base_url: str, api_key_env: str = "OPENAI_API_KEY") -> None:
-    """The endpoint answers and takes the key: checked before any work (``score`` checks it before generating)."""
-    api_key = os.environ.get(api_key_env) or "EMPTY"
-    with openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=10.0) as client:
-        try:
-            client.models.list()
-        except openai.APIConnectionError:
-            raise EmbenchError(f"cannot reach the judge endpoint at {base_url}: "
-                               "check --judge-base-url and that the server is up") from None
-        except openai.AuthenticationError:
-            raise EmbenchError(f"the judge endpoint at {base_url} refused the API key: set ${api_key_env}") from None
-        except openai.APIStatusError:
-            pass  # some endpoints do not list models; the endpoint answered, which is what is checked here
+def check_judge_endpoint(base_url: str, api_key_env: str = "OPENAI_API_KEY") -> tuple[str, ...]:
+    """Every endpoint of ``base_url`` answers and takes the key: checked before any work (``score`` checks it
+    before generating). Returns the endpoints."""
+    return check_endpoints(base_url, api_key_env=api_key_env, what="judge endpoint", flag="--judge-base-url")
 
 
 class OpenAIJudgeBackend(JudgeBackend):
-    """Judges with ``model`` at ``base_url`` in ``logprob`` (top-20 logprobs of one token) or ``sampled`` mode."""
+    """Judges with ``model`` at ``base_url`` (one endpoint or several, comma-separated) in ``logprob`` (top-20
+    logprobs of one token) or ``sampled`` mode."""
 
     modes: tuple[JudgeMode, ...] = ("logprob", "sampled")
 
@@ -60,11 +50,12 @@ class OpenAIJudgeBackend(JudgeBackend):
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
-        check_judge_endpoint(base_url, api_key_env)
+        self.endpoints = check_judge_endpoint(base_url, api_key_env)
+        self.rotation = EndpointRotation(len(self.endpoints), cooldown_base=backoff_base, cooldown_cap=backoff_cap)
 
     def info(self) -> dict:
         return {"backend": "openai", "judge_model": self.model_name, "base_url": self.base_url,
-                "openai": openai.__version__, "concurrency": self.concurrency}
+                "endpoints": list(self.endpoints), "openai": openai.__version__, "concurrency": self.concurrency}
 
     def judge(self, requests: Sequence[JudgeRequest], mode: JudgeMode, reading: Reading,
               on_outcome: OutcomeCallback) -> None:
@@ -76,13 +67,14 @@ class OpenAIJudgeBackend(JudgeBackend):
 
     async def _judge_all(self, requests: Sequence[JudgeRequest], mode: JudgeMode, reading: Reading,
                          on_outcome: OutcomeCallback) -> None:
-        pending = iter(requests)  # shared by the workers; taking the next request never awaits, so no lock
-        async with openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0,
-                                      timeout=self.timeout) as client:
+        pending = enumerate(requests)  # shared by the workers; taking the next request never awaits, so no lock
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(openai.AsyncOpenAI(
+                base_url=url, api_key=self.api_key, max_retries=0, timeout=self.timeout)) for url in self.endpoints]
 
             async def worker() -> None:
-                for request in pending:
-                    on_outcome(await self._judge_one(client, request, mode, reading))
+                for index, request in pending:
+                    on_outcome(await self._judge_one(clients, index, request, mode, reading))
 
             workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(requests)))]
             try:
@@ -94,25 +86,31 @@ class OpenAIJudgeBackend(JudgeBackend):
             for task in done:
                 task.result()
 
-    async def _judge_one(self, client: openai.AsyncOpenAI, request: JudgeRequest, mode: JudgeMode,
-                         reading: Reading) -> JudgeOutcome:
+    async def _judge_one(self, clients: list[openai.AsyncOpenAI], index: int, request: JudgeRequest,
+                         mode: JudgeMode, reading: Reading) -> JudgeOutcome:
         params = dict(max_tokens=1, logprobs=True, top_logprobs=20) if mode == "logprob" else dict(max_tokens=16)
-        attempt = 0
+        attempt, wait, tried = 0, 0.0, set()
         while True:
             attempt += 1
+            endpoint = self.rotation.pick(index, attempt)
+            if endpoint in tried:  # back at an endpoint that failed this request: back off first
+                await asyncio.sleep(wait)
+            tried.add(endpoint)
             try:
-                response = await client.chat.completions.create(
+                response = await clients[endpoint].chat.completions.create(
                     model=self.model_name, messages=[{"role": "user", "content": request.prompt}],
                     temperature=0, seed=0, **params)
             except (openai.APIStatusError, openai.APIConnectionError) as error:
-                retryable = not isinstance(error, openai.APIStatusError) or (
-                    error.status_code in RETRYABLE_STATUS or error.status_code >= 500)
-                if not retryable or attempt == self.max_attempts:
+                status = error.status_code if isinstance(error, openai.APIStatusError) else None
+                if status is None:
+                    self.rotation.unreachable(endpoint)
+                if not retryable_status(status) or attempt == self.max_attempts:
                     message = " ".join(str(error).split())[:300]
                     return JudgeOutcome(key=request.key, result=None, error=f"{type(error).__name__}: {message}",
                                         attempts=attempt)
-                await asyncio.sleep(self._wait(error, attempt))
+                wait = retry_wait(error, attempt, self.backoff_base, self.backoff_cap)
                 continue
+            self.rotation.reached(endpoint)
             choice = response.choices[0]
             if mode == "sampled":
                 text = choice.message.content or ""
@@ -123,26 +121,3 @@ class OpenAIJudgeBackend(JudgeBackend):
             pairs = [(top.token, top.logprob) for top in choice.logprobs.content[0].top_logprobs]
             return JudgeOutcome(key=request.key, result=score_from_top_logprobs(pairs, reading),
                                 raw={"top_logprobs": [list(pair) for pair in pairs]}, attempts=attempt)
-
-    def _wait(self, error: openai.APIError, attempt: int) -> float:
-        """Seconds before the next attempt: the server's Retry-After (capped), else full-jitter backoff."""
-        response = getattr(error, "response", None)
-        retry_after = _retry_after_seconds(response.headers.get("retry-after")) if response is not None else None
-        if retry_after is not None:
-            return min(retry_after, self.backoff_cap)
-        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
-
-
-def _retry_after_seconds(header: str | None) -> float | None:
-    """A Retry-After header (delay in seconds, or an HTTP date) as seconds from now; None when absent or unreadable."""
-    if header is None:
-        return None
-    try:
-        seconds = float(header)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(header)
-        except (TypeError, ValueError):
-            return None
-        seconds = (when.replace(tzinfo=when.tzinfo or timezone.utc) - datetime.now(timezone.utc)).total_seconds()
-    return max(seconds, 0.0) if math.isfinite(seconds) else None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import embench
+from embench.errors import EmbenchError
 from embench.files import embench_git_sha, now, write_json_atomic, write_text_atomic
 from embench.hashing import sha256_file
 from embench.layout import BOARD_FILE, REPRODUCE_FILE, SUITE_FILE, TRAIN_FILE
@@ -19,7 +20,9 @@ from embench.runs import lock_run
 
 
 def run_reproduce(plan: ReproducePlan, progress: Status | None = None) -> ReproduceResult:
-    """The base model, then every cell not finished yet; then the comparison over every finished cell."""
+    """The base model and every cell not finished yet (one after another here, or as Ray tasks with ``--executor
+    ray``); then the comparison over every finished cell. Cells that fail on Ray leave the others running and are
+    named in one error at the end, after the comparison: the next run resumes them."""
     say = progress or (lambda text, done, total: None)
     out = plan.out
     if plan.score.judge_base_url is not None:  # before hours of training, not at the first cell's judging
@@ -30,16 +33,32 @@ def run_reproduce(plan: ReproducePlan, progress: Status | None = None) -> Reprod
     try:
         _write_record(plan)
         result = ReproduceResult(out=out)
-        for cell in [plan.base, *plan.cells]:
-            if cell.finished:
-                result.finished_before.append(cell.label)
-                continue
-            started = time.perf_counter()
-            _run_cell(plan, cell, say)
+        everything = [plan.base, *plan.cells]
+        result.finished_before = [cell.label for cell in everything if cell.finished]
+        todo = [cell for cell in everything if not cell.finished]
+
+        def finish(cell: Cell, record: dict[str, Any], seconds: float) -> None:
+            say(f"{cell.label}: publishing", 0, None)
+            _finish_cell(plan, cell, record)
             result.ran.append(cell.label)
-            result.seconds[cell.label] = time.perf_counter() - started
+            result.seconds[cell.label] = seconds
+
+        failed: dict[str, str] = {}
+        if plan.spec.executor == "ray":
+            from embench.reproduce.ray_executor import run_cells_on_ray
+
+            failed = run_cells_on_ray(plan, todo, finish, say)
+        else:
+            for cell in todo:
+                started = time.perf_counter()
+                record = train_and_score(plan, cell, say)
+                finish(cell, record, time.perf_counter() - started)
         say("comparison", 0, None)
         result.comparison = write_comparison(plan)
+        if failed:
+            raise EmbenchError(f"{len(failed)} cell(s) failed, the others are finished and published: "
+                               + "; ".join(f"{label}: {why}" for label, why in failed.items())
+                               + ". Run the same command again to resume them")
         return result
     finally:
         lock.close()
@@ -62,9 +81,9 @@ def _write_record(plan: ReproducePlan) -> None:
     write_text_atomic(plan.out / SUITE_FILE, text)
 
 
-def _run_cell(plan: ReproducePlan, cell: Cell, say: Status) -> None:
-    """Train (the trainer resumes or finds its run complete), score (resumes), publish, then write the marker."""
-    from embench.leaderboard import Tags
+def train_and_score(plan: ReproducePlan, cell: Cell, say: Status) -> dict[str, Any]:
+    """Train (the trainer resumes or finds its run complete) and score (resumes): the cell's record so far. Runs in
+    a Ray task too, so it writes only inside the cell's folder."""
     from embench.train.trainer import train
 
     record: dict[str, Any] = {"cell": cell.label, "dataset": cell.dataset.name if cell.dataset else None,
@@ -81,7 +100,14 @@ def _run_cell(plan: ReproducePlan, cell: Cell, say: Status) -> None:
     results_path = _score(plan, str(cell.adapter) if cell.config is not None else plan.preset.model, cell, say).results_path
     record["score"] = {"out": cell.score_dir.relative_to(plan.out).as_posix(),
                        "results_sha256": sha256_file(results_path), "seconds": time.perf_counter() - started}
-    say(f"{cell.label}: publishing", 0, None)
+    return record
+
+
+def _finish_cell(plan: ReproducePlan, cell: Cell, record: dict[str, Any]) -> None:
+    """Publish, then write the marker; only ever in the process that holds the reproduction folder, so the board has
+    one writer at a time."""
+    from embench.leaderboard import Tags
+
     tags = Tags(defense=cell.defense, training_data=cell.dataset.name if cell.dataset else None,
                 organization="embench reproduce")
     record["leaderboard"] = {"evaluation_id": _publish(plan.board, cell.score_dir, tags)}
@@ -90,14 +116,13 @@ def _run_cell(plan: ReproducePlan, cell: Cell, say: Status) -> None:
 
 
 def _score(plan: ReproducePlan, checkpoint: str, cell: Cell, say: Status):
-    from embench.engines import EngineOptions
     from embench.score import ScoreSpec, prepare_score, run_score
 
     score = plan.score
     spec = ScoreSpec(checkpoint=checkpoint, suite=str(plan.out / SUITE_FILE), samples=score.samples,
                      max_tokens=score.max_tokens, engine=score.engine, judge_model=score.judge_model,
                      judge_base_url=score.judge_base_url, judge_mode=score.judge_mode, judge_engine=score.judge_engine,
-                     out=cell.score_dir, options=EngineOptions(kv_cache_gib=score.kv_cache_gib, dtype=score.dtype))
+                     out=cell.score_dir, options=score.engine_options())
     return run_score(prepare_score(spec), status=lambda text, done, total: say(f"{cell.label}: {text}", done, total))
 
 

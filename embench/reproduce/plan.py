@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from embench.engines.base import KV_CACHE_GIB
+from embench.engines.base import KV_CACHE_GIB, EngineOptions
 from embench.errors import EmbenchError
 from embench.files import check_output_folder, check_writable_folder, field_error, first_error, read_yaml
 from embench.hashing import file_safe, sha256_json
@@ -67,10 +67,25 @@ class ScoreSettings(BaseModel):
     engine: Literal["vllm", "vllm-server", "hf"] = "vllm"
     dtype: Literal["float32", "bfloat16"] = "float32"
     kv_cache_gib: float = Field(KV_CACHE_GIB, gt=0)
+    # vLLM's parallel settings for each cell's generation; their product is the GPUs a cell takes on Ray. Left out of
+    # the fingerprint at 1, so that folders made before they existed still resume.
+    tensor_parallel_size: int = Field(1, ge=1, exclude_if=lambda size: size == 1)
+    pipeline_parallel_size: int = Field(1, ge=1, exclude_if=lambda size: size == 1)
+    data_parallel_size: int = Field(1, ge=1, exclude_if=lambda size: size == 1)
     judge_model: str | None = None
     judge_base_url: str | None = None
     judge_mode: str | None = None
     judge_engine: Literal["hf", "vllm"] | None = None
+
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(kv_cache_gib=self.kv_cache_gib, dtype=self.dtype,
+                             tensor_parallel_size=self.tensor_parallel_size,
+                             pipeline_parallel_size=self.pipeline_parallel_size,
+                             data_parallel_size=self.data_parallel_size)
+
+    @property
+    def gpus_per_cell(self) -> int:
+        return self.engine_options().parallel_gpus
 
     @field_validator("judge_mode")
     @classmethod
@@ -167,6 +182,9 @@ class ReproduceSpec:
     judge_base_url: str | None = None
     judge_mode: str | None = None
     judge_engine: str | None = None
+    executor: Literal["local", "ray"] = "local"
+    address: str | None = None  # the Ray cluster (``auto``, ``host:port``, ``ray://host:10001``); None: start one here
+    cpus_per_cell: int = 1  # Ray: CPU cores each cell's task takes (its torch threads); a GPU each where there are GPUs
 
 
 @dataclass
@@ -232,10 +250,15 @@ class ReproduceResult:
 
 def plan_reproduce(spec: ReproduceSpec) -> ReproducePlan:
     """Check the preset, the chosen matrix, the suite and its judges; nothing is written."""
+    from embench.engines import check_parallel
     from embench.judges import JudgeRegistry
     from embench.train.defenses import DEFENSES
 
     preset_path, preset = find_preset(spec.preset)
+    if spec.executor == "ray":
+        from embench.reproduce.ray_executor import ray_module
+
+        ray_module()  # installed, before anything is written
     folder = preset_path.parent
     datasets = list(preset.datasets)
     if (names := spec.datasets) is not None:
@@ -261,12 +284,17 @@ def plan_reproduce(spec: ReproduceSpec) -> ReproducePlan:
     except ValidationError as exc:
         where, message = first_error(exc)
         raise EmbenchError(f"--{where.replace('_', '-')}: {message}") from None
+    try:
+        check_parallel(score.engine, score.engine_options())
+    except EmbenchError as exc:
+        raise EmbenchError(f"{preset_path}: score: {exc}") from None
     suite, tasks, probes, benign = _assemble_suite(preset, preset_path)
     registry = JudgeRegistry.default()
     settings = judge_settings([registry.get(judge) for task in tasks for judge in task.judges.values()],
                               model=score.judge_model, mode=score.judge_mode, base_url=score.judge_base_url,
                               engine=score.judge_engine)
-    out = Path(spec.out) if spec.out is not None else Path("runs") / f"reproduce-{preset.id}"
+    # Absolute: a Ray task runs in another working directory, on another machine that mounts the same path.
+    out = (Path(spec.out) if spec.out is not None else Path("runs") / f"reproduce-{preset.id}").absolute()
     check_writable_folder(out)
     cells = []
     for dataset in datasets:

@@ -495,8 +495,12 @@ class Trainer:
         self.network.save_pretrained(staging)
         (staging / "README.md").unlink(missing_ok=True)  # peft's model card template, not about this run
         adapter_config = read_json_object(staging / ADAPTER_CONFIG_FILE, "peft's adapter configuration")
+        # peft writes target_modules from a set, in an order that changes with each process's hash seed; the
+        # adapter's hash (and so every sample key of its scores) must not.
+        targets = adapter_config.get("target_modules")
         write_json_atomic(staging / ADAPTER_CONFIG_FILE,
-                          {**adapter_config, "base_model_name_or_path": self.adapter_base()})
+                          {**adapter_config, "base_model_name_or_path": self.adapter_base(),
+                           **({"target_modules": sorted(targets)} if isinstance(targets, list) else {})})
         if status == "checkpoint":
             state = self.optimizer.state_dict()
             tensors = {f"state.{index}.{name}": value for index, values in state["state"].items()
